@@ -18,7 +18,9 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
-    print("The HTTP service is not part of this release yet; only the model repository exists.", file=sys.stderr)
+    print(
+        "The HTTP service is not part of this release yet; only the model repository exists.", file=sys.stderr
+    )
     return 2
 
 

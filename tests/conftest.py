@@ -1,7 +1,7 @@
 """Shared fixtures: where the real MRI data sets live.
 
-Tests that depend on real images use ``data_root``. When the data cannot be found the test *fails*: a green run
-that silently skipped every real-data check would prove nothing.
+Tests that depend on real images use ``data_root``. When the data cannot be found the test *fails*:
+a green run that silently skipped every real-data check would prove nothing.
 """
 
 from __future__ import annotations
