@@ -158,14 +158,13 @@ class PhaseProgress(keras.callbacks.Callback):
         self._started = time.monotonic()
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        self.times.append(time.monotonic() - self._started)
+        self.times.append(round(time.monotonic() - self._started, 3))
         left = (self.epochs - epoch - 1) * float(np.mean(self.times))
         val = (logs or {}).get("val_loss")
         val_text = f", val_loss {val:.4f}" if val is not None else ""
-        self.out(
-            f"[{self.phase}] epoch {epoch + 1}/{self.epochs} took "
-            f"{format_seconds(self.times[-1])}{val_text}; phase ends in at most {format_seconds(left)}"
-        )
+        eta = f"phase ends in at most {format_seconds(left)}" if left > 0 else "last epoch of the phase"
+        took = format_seconds(self.times[-1])
+        self.out(f"[{self.phase}] epoch {epoch + 1}/{self.epochs} took {took}{val_text}; {eta}")
 
 
 def format_seconds(seconds: float) -> str:
@@ -263,7 +262,7 @@ def describe_backend() -> dict[str, Any]:
         versions[module] = str(getattr(sys.modules[module], "__version__", "?"))
     try:
         devices = [str(d) for d in keras.distribution.list_devices()]
-    except (NotImplementedError, AttributeError, ValueError):  # no device listing for this backend
+    except Exception:  # only informative: the torch backend has no device listing in Keras
         devices = [_torch_device()] if backend == "torch" else []
     return {"backend": backend, "devices": devices, "versions": versions}
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import platform
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -40,7 +39,7 @@ from training.evaluation import compute_metrics
 from training.fit import FitConfig, count_parameters, describe_backend, two_phase_fit
 from training.report import REPORT_JSON, to_jsonable, write_report
 from training.splits import SUBSETS, SplitManifest, load_split
-from training.zoo.build import build_model, get_backbone, resolve_input_size
+from training.zoo.build import ModelSpec, build_model, get_backbone, resolve_input_size
 
 RUN_FORMAT = "brain-mri-run/1"
 MODEL_FILE, RUN_JSON, HISTORY_JSON = "model.keras", "run.json", "history.json"
@@ -73,31 +72,35 @@ class TrainOptions:
     """Recorded in run.json as is (e.g. how the defaults were chosen)."""
 
 
-def train_run(options: TrainOptions) -> dict[str, Any]:
-    """Train, save and evaluate one model into ``options.out``; returns the report dict."""
+@dataclass(frozen=True)
+class TrainedRun:
+    """The outcome of :func:`train_run`: the trained model (as saved) and its report."""
+
+    model: keras.Model
+    spec: ModelSpec
+    report: dict[str, Any]
+
+
+def train_run(options: TrainOptions) -> TrainedRun:
+    """Train, save and evaluate one model into ``options.out``."""
     environment = describe_backend()
     print(
         f"Keras {keras.__version__}, backend {environment['backend']} on {', '.join(environment['devices'])}"
     )
     manifest, split_sha256 = _load_split(options.split, options.data_roots)
+    for subset in ("train", "val"):
+        if not manifest.subsets.get(subset):
+            raise DataError(f"the {subset} subset of {options.split} is empty; training needs it")
     entry = get_backbone(options.backbone)
     height, width = resolve_input_size(entry, options.input_size)
     recipe = make_recipe(options.recipe, (height, width))
-    arrays = {
-        subset: load_subset(
-            manifest, split_sha256, subset, recipe, cache_dir=options.cache_dir, workers=options.workers
-        )
-        for subset in SUBSETS
-    }
-    for subset in ("train", "val"):
-        if len(arrays[subset]) == 0:
-            raise DataError(f"the {subset} subset of {options.split} is empty; training needs it")
 
     keras.utils.set_random_seed(options.fit.seed)
     previous_policy = keras.mixed_precision.global_policy()
     if options.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     try:
+        # the model first: a wrong backbone, size or weights file fails before minutes of preprocessing
         model, spec = build_model(
             options.backbone,
             len(manifest.classes),
@@ -106,6 +109,12 @@ def train_run(options: TrainOptions) -> dict[str, Any]:
             weights=options.weights,
         )
         print(f"model {model.name}: {model.count_params():,} parameters, Grad-CAM layer {spec.gradcam_layer}")
+        arrays = {
+            subset: load_subset(
+                manifest, split_sha256, subset, recipe, cache_dir=options.cache_dir, workers=options.workers
+            )
+            for subset in SUBSETS
+        }
         transfer_only: dict[str, Any] = {}
 
         def evaluate_transfer() -> None:
@@ -160,7 +169,6 @@ def train_run(options: TrainOptions) -> dict[str, Any]:
         "backend": environment["backend"],
         "devices": environment["devices"],
         "versions": {**environment["versions"], "opencv": cv2.__version__, "platform": platform.platform()},
-        "command": " ".join(sys.argv),
         **options.extra,
     }
     _write_json(out / RUN_JSON, run)
@@ -181,7 +189,7 @@ def train_run(options: TrainOptions) -> dict[str, Any]:
         report["transfer_only"] = transfer_only
     write_report(out, report)
     _print_summary(out, report)
-    return report
+    return TrainedRun(model, spec, report)
 
 
 def evaluate_run(

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import shlex
+import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service.preprocessing import RECIPE_NAMES
 from training.augmentation import AUGMENTATION_NAMES
 from training.data import DEFAULT_CACHE_DIR, DEFAULT_WORKERS
+from training.errors import TrainingError
 from training.zoo.catalogue import BACKBONE_NAMES, BACKBONES, HEAD_NAMES, HEADS
+
+if TYPE_CHECKING:
+    from training.runs import TrainOptions
 
 NAME = "train"
 OPTIMIZERS = ("adam", "sgd")
@@ -84,7 +91,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help=f"phase-1 epochs, 0 skips it (default {DEFAULT_EPOCHS_TRANSFER}; weights none: 0)")  # fmt: skip
     add("--epochs-finetune", type=int, default=DEFAULT_EPOCHS_FINETUNE, metavar="N",
         help="phase-2 epochs; 0 skips it (default %(default)s)")  # fmt: skip
-    add("--fine-tune-layers", type=int, metavar="K", help="train only the top K backbone layers in phase 2")
+    add("--fine-tune-layers", type=int, metavar="K",
+        help="train only the backbone's last K layers (Keras layer order) in phase 2")  # fmt: skip
     add("--train-batchnorm", action="store_true",
         help="let a pretrained backbone's BatchNormalization layers train in phase 2")  # fmt: skip
     add("--batch-size", type=int, default=32, help="(default %(default)s)")
@@ -140,9 +148,18 @@ def resolve_defaults(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     """Train, save, evaluate; the heavy imports (Keras and its backend) happen here."""
-    from training.errors import TrainingError
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's INFO lines drown the progress
+    from training.runs import train_run
+
+    command = "python -m training " + shlex.join(sys.argv[1:])
+    train_run(dataclasses.replace(options_from_args(args), extra={"command": command}))
+    return 0
+
+
+def options_from_args(args: argparse.Namespace) -> TrainOptions:
+    """The :class:`~training.runs.TrainOptions` of parsed ``train`` arguments, defaults resolved."""
     from training.fit import FitConfig
-    from training.runs import TrainOptions, train_run
+    from training.runs import TrainOptions
 
     resolved = resolve_defaults(args)
     for name in ("epochs_finetune", "patience", "batch_size"):
@@ -166,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     verbose = args.keras_verbose if args.keras_verbose is not None else (1 if os.isatty(1) else 2)
-    options = TrainOptions(
+    return TrainOptions(
         split=args.split,
         backbone=args.backbone,
         out=args.out,
@@ -181,5 +198,3 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         verbose=verbose,
     )
-    train_run(options)
-    return 0

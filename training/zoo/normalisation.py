@@ -44,6 +44,8 @@ def add_normalisation(image: keras.KerasTensor, mode: NormalisationMode) -> kera
             kernel[0, 0, 2 - j, j] = 1.0
         conv.set_weights([kernel, -np.asarray(CAFFE_MEAN_BGR, dtype=np.float32)])
         return out
+    if mode == "lite":  # EfficientNet-Lite's own statistics: (x - 127) / 128
+        return keras.layers.Rescaling(1.0 / 128.0, offset=-127.0 / 128.0, name=PREFIX + "rescale")(image)
     if mode == "torch":
         return image
     raise ValueError(f"unknown normalisation mode {mode!r}")
