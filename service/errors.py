@@ -1,0 +1,217 @@
+"""The one error hierarchy of the service and the one handler that turns any exception into its JSON body.
+
+Every refusal answers ``{"error": "<a sentence a person understands>", "error_type": "<machine kind>"}``:
+the service's own errors, the image decoder's :class:`ImageError` family, FastAPI's validation errors and
+Starlette's HTTP exceptions (unknown route, wrong method) are all mapped here, in one place.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.preprocessing import ImageError
+from service.request_context import REQUEST_ID_HEADER, request_context_of
+
+logger = logging.getLogger("service.errors")
+
+
+class ServiceError(Exception):
+    """Base class of every refusal the service answers with; subclasses fix ``status_code`` and ``error_type``."""
+
+    status_code: ClassVar[int] = 500
+    error_type: ClassVar[str] = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        status_code: int | None = None,
+        error_type: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        # instance attributes shadow the class defaults only when given (ImageError and HTTPException mapping)
+        if status_code is not None:
+            self.status_code = status_code  # type: ignore[misc]
+        if error_type is not None:
+            self.error_type = error_type  # type: ignore[misc]
+        self.headers = dict(headers or {})
+
+    def to_body(self) -> dict[str, str]:
+        """The JSON error body: ``{"error": <sentence>, "error_type": <kind>}``."""
+        return {"error": self.message, "error_type": self.error_type}
+
+
+class UnauthorizedError(ServiceError):
+    """HTTP 401 ``unauthorized``: API keys are configured and the request's ``X-API-Key`` is not one of them."""
+
+    status_code = 401
+    error_type = "unauthorized"
+
+
+class UnknownModelError(ServiceError):
+    """HTTP 404 ``unknown_model``: the requested model is not in the repository."""
+
+    status_code = 404
+    error_type = "unknown_model"
+
+
+class RouteNotFoundError(ServiceError):
+    """HTTP 404 ``not_found``: no route at that path."""
+
+    status_code = 404
+    error_type = "not_found"
+
+
+class UploadTooLargeError(ServiceError):
+    """HTTP 413 ``upload_too_large``: the request body is over the byte limit (refused before it is read)."""
+
+    status_code = 413
+    error_type = "upload_too_large"
+
+
+class UnsupportedMediaTypeError(ServiceError):
+    """HTTP 415 ``unsupported_media_type``: the body is not multipart/form-data, or the image format is not."""
+
+    status_code = 415
+    error_type = "unsupported_media_type"
+
+
+class InvalidRequestError(ServiceError):
+    """HTTP 422 ``validation_error``: a field or parameter is missing or invalid."""
+
+    status_code = 422
+    error_type = "validation_error"
+
+
+class OverloadedError(ServiceError):
+    """HTTP 429 ``overloaded``: every prediction slot stayed busy for the whole queue timeout."""
+
+    status_code = 429
+    error_type = "overloaded"
+
+
+class InternalServiceError(ServiceError):
+    """HTTP 500 ``internal_error``: an unexpected failure; the details are logged, never sent."""
+
+    status_code = 500
+    error_type = "internal_error"
+
+
+class NotReadyError(ServiceError):
+    """HTTP 503 ``not_ready``: the models are still loading or warming up."""
+
+    status_code = 503
+    error_type = "not_ready"
+
+
+_HTTP_ERROR_TYPES: Mapping[int, str] = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "upload_too_large",
+    415: "unsupported_media_type",
+    429: "overloaded",
+    503: "not_ready",
+}
+_LOCATIONS: Mapping[str, str] = {
+    "query": "query parameter",
+    "path": "path parameter",
+    "header": "header",
+    "body": "form field",
+}
+
+
+def as_service_error(exc: Exception, request: Request) -> ServiceError:
+    """The :class:`ServiceError` that answers ``exc``; anything unexpected becomes a generic 500."""
+    if isinstance(exc, ServiceError):
+        return exc
+    if isinstance(exc, ImageError):
+        return ServiceError(exc.message, exc.status_code, exc.error_type)
+    if isinstance(exc, RequestValidationError):
+        return _from_validation_error(exc, request)
+    if isinstance(exc, StarletteHTTPException):
+        # FastAPI wraps an error raised while it reads the body (our upload limit) into a 400
+        if isinstance(exc.__cause__, ServiceError):
+            return exc.__cause__
+        return _from_http_exception(exc, request)
+    context = request_context_of(request)
+    return InternalServiceError(
+        f"The service failed unexpectedly while handling this request; the failure was logged "
+        f"with request id {context.request_id}."
+    )
+
+
+def _from_http_exception(exc: StarletteHTTPException, request: Request) -> ServiceError:
+    status = exc.status_code
+    if status == 404:
+        message = f"There is no route {request.url.path}; see /docs for the routes of this service."
+    elif status == 405:
+        message = f"The route {request.url.path} does not answer {request.method}; see /docs."
+    else:
+        detail = str(exc.detail).rstrip(".")
+        message = f"{detail}." if detail else "The request was refused."
+    return ServiceError(message, status, _HTTP_ERROR_TYPES.get(status, "http_error"), exc.headers)
+
+
+def _from_validation_error(exc: RequestValidationError, request: Request) -> ServiceError:
+    problems = list(exc.errors())
+    content_type = request.headers.get("content-type", "")
+    if (
+        any(tuple(problem.get("loc", ())) == ("body", "file") for problem in problems)
+        and content_type
+        and not content_type.lower().startswith("multipart/form-data")
+    ):
+        return UnsupportedMediaTypeError(
+            f"The request body is {content_type.split(';')[0]}; send the image as multipart/form-data "
+            "in a field named 'file'."
+        )
+    return InvalidRequestError(" ".join(_describe_problem(problem) for problem in problems[:3]))
+
+
+def _describe_problem(problem: Mapping[str, Any]) -> str:
+    loc = [str(part) for part in problem.get("loc", ())]
+    where = _LOCATIONS.get(loc[0], "field") if loc else "field"
+    name = ".".join(loc[1:]) or "body"
+    kind = problem.get("type", "")
+    if (where, name) == ("form field", "file"):
+        if kind == "missing":
+            return "The multipart field 'file' is missing: send the image as multipart/form-data in a field named 'file'."
+        return "The multipart field 'file' must be a file (a part with a filename), not a text value."
+    if kind == "missing":
+        return f"The {where} '{name}' is required."
+    message = str(problem.get("msg", "is invalid")).removeprefix("Value error, ").rstrip(".")
+    value = problem.get("input")
+    shown = f" (got {value!r})" if where != "form field" and isinstance(value, str) and len(value) <= 64 else ""
+    return f"The {where} '{name}' is invalid: {message}{shown}."
+
+
+async def handle_error(request: Request, exc: Exception) -> JSONResponse:
+    """The one exception handler: count the error, note it for the access log, answer the JSON body."""
+    error = as_service_error(exc, request)
+    context = request_context_of(request)
+    if error.status_code >= 500 and not isinstance(exc, ServiceError):
+        logger.error(
+            "unhandled %s on %s", type(exc).__name__, request.url.path,
+            exc_info=exc, extra={"request_id": context.request_id},
+        )  # fmt: skip
+    context.error_type = error.error_type
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is not None:
+        metrics.request_errors.labels(error_type=error.error_type).inc()
+    headers = {**error.headers, REQUEST_ID_HEADER: context.request_id}
+    return JSONResponse(error.to_body(), status_code=error.status_code, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every exception family to :func:`handle_error` (``Exception`` last: the 500 catch-all)."""
+    for family in (ServiceError, ImageError, RequestValidationError, StarletteHTTPException, Exception):
+        app.add_exception_handler(family, handle_error)

@@ -1,0 +1,119 @@
+"""The service's settings: one class, read once from ``MRI_*`` environment variables (or passed by tests)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from service.preprocessing import DEFAULT_MAX_PIXELS
+
+ENV_PREFIX: Final = "MRI_"
+MODEL_NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+MIN_API_KEY_LENGTH: Final = 16
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set; each field is read from ``MRI_<FIELD NAME IN CAPITALS>``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_ignore_empty=True,
+        extra="ignore",
+        frozen=True,
+        use_attribute_docstrings=True,
+    )
+
+    model_repository: Path = Path("models")
+    """Folder of model entries (``<name>/manifest.json``, ``model.onnx``, ``model.keras``); all are served."""
+
+    default_model: str | None = None
+    """Model that answers when a request names none; unset: the only entry, or the first by name."""
+
+    host: str = "127.0.0.1"
+    """Interface that ``python -m service`` listens on (``0.0.0.0`` exposes it to the network)."""
+
+    port: int = Field(default=8000, ge=1, le=65535)
+    """TCP port that ``python -m service`` listens on."""
+
+    max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024, le=1024**3)
+    """Largest accepted upload in bytes; a bigger body is refused with 413 before it is read."""
+
+    max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=64, le=500_000_000)
+    """Largest accepted width * height, checked in the image header before decoding (decompression bombs)."""
+
+    ort_intra_op_threads: int = Field(default=0, ge=0, le=256)
+    """ONNX Runtime threads inside one operator; 0 lets ONNX Runtime choose (one per physical core)."""
+
+    ort_inter_op_threads: int = Field(default=0, ge=0, le=256)
+    """ONNX Runtime threads across independent operators; 0 lets ONNX Runtime choose."""
+
+    gradcam_default: bool = False
+    """Whether /predict returns a Grad-CAM heat map when the request does not say."""
+
+    max_concurrency: int = Field(default=4, ge=1, le=256)
+    """Predictions that run at once; the others wait for a free slot."""
+
+    queue_timeout_s: float = Field(default=2.0, ge=0.0, le=300.0)
+    """Seconds a prediction waits for a free slot before the service answers 429 (overloaded)."""
+
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    """Accepted ``X-API-Key`` values (comma-separated or a JSON list); empty: no authentication."""
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Lowest level of the JSON log lines written to stderr."""
+
+    @field_validator("default_model")
+    @classmethod
+    def _check_default_model(cls, value: str | None) -> str | None:
+        if value is not None and not MODEL_NAME_PATTERN.fullmatch(value):
+            raise ValueError("a model name is 1-64 letters, digits, '.', '_' or '-'")
+        return value
+
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, value: str) -> str:
+        if not value or any(char.isspace() or char in "/@" for char in value):
+            raise ValueError("give a host name or IP address, e.g. 127.0.0.1")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_log_level(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_api_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)  # a JSON list, as pydantic-settings would decode it
+            return [key.strip() for key in text.split(",") if key.strip()]
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _check_api_keys(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        for key in keys:
+            secret = key.get_secret_value()
+            if len(secret) < MIN_API_KEY_LENGTH or any(char.isspace() for char in secret):
+                raise ValueError(
+                    f"each API key must be at least {MIN_API_KEY_LENGTH} characters without spaces, "
+                    "so that it cannot be guessed"
+                )
+        return keys
+
+
+def describe_settings_error(error: ValidationError) -> str:
+    """One sentence naming the environment variable(s) at fault, e.g. for ``python -m service`` on stderr."""
+    parts = []
+    for problem in error.errors(include_url=False):
+        field = str(problem["loc"][0]) if problem["loc"] else "settings"
+        message = str(problem["msg"]).removeprefix("Value error, ")
+        parts.append(f"{ENV_PREFIX}{field.upper()} is invalid ({message})")
+    return "The service cannot start: " + "; ".join(parts) + "."
