@@ -9,7 +9,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from exporter.defaults import DEFAULT_PARITY_IMAGES, DEFAULT_TOLERANCE, MAX_ACCURACY_DROP_POINTS
+from exporter.defaults import DEFAULT_PARITY_IMAGES, DEFAULT_TOLERANCE, MAX_ACCURACY_DROP_POINTS, OPSET
+from exporter.entry import check_target
 from exporter.errors import ExportError
 
 DEFAULT_REPOSITORY = Path("models")
@@ -20,11 +21,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m exporter",
         description=(
-            "Convert a training run's Keras model to ONNX (tf2onnx, opset 17, input 'image' (batch, H, W, 3) "
-            "float32 in [0, 255], output 'probabilities'), check that ONNX Runtime gives the Keras "
-            "probabilities on real images of the run's split, and write REPOSITORY/NAME/ (model.onnx, "
-            "model.keras, manifest.json, report.md and figures) in one atomic rename. Nothing is written "
-            "when a check fails."
+            f"Convert a training run's Keras model to ONNX (tf2onnx, opset {OPSET}, input 'image' "
+            "(batch, H, W, 3) float32 in [0, 255], output 'probabilities'), check that ONNX Runtime "
+            "gives the Keras probabilities on real images of the run's split, and write "
+            "REPOSITORY/NAME/ (model.onnx, model.keras, manifest.json, report.md and figures) in one "
+            "atomic rename. Nothing is written when a check fails."
         ),
     )
     add = parser.add_argument
@@ -45,18 +46,28 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"also publish model.fp16.onnx unless it loses > {MAX_ACCURACY_DROP_POINTS:g} points of test "
         "accuracy")  # fmt: skip
     add("--int8", action="store_true",
-        help="also publish model.int8.onnx (static quantisation calibrated on train images), same rule")  # fmt: skip
+        help="also publish model.int8.onnx (static, calibrated on train images), same rule")  # fmt: skip
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Export one run; an :class:`ExportError` or a training-data error is one sentence, exit status 2."""
     args = build_parser().parse_args(argv)
+    command = "python -m exporter " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+    try:
+        check_target(args.repository, args.name, args.force)  # a taken name fails before TensorFlow loads
+        return run(args, command)
+    except ExportError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace, command: str) -> int:
+    """The export itself; the heavy imports (TensorFlow, tf2onnx, ONNX Runtime) happen here."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's INFO lines drown the summary
     from exporter.export import ExportOptions, export_run
     from training.errors import TrainingError
 
-    command = "python -m exporter " + shlex.join(sys.argv[1:] if argv is None else list(argv))
     options = ExportOptions(
         run_dir=args.run_dir,
         repository=args.repository,
@@ -72,7 +83,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         export_run(options, say=lambda line: print(line, flush=True))
-    except (ExportError, TrainingError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except TrainingError as error:  # run.json or split problems, reported by the training package
+        raise ExportError(str(error)) from None
     return 0

@@ -64,7 +64,7 @@ def onnx_signature(proto: onnx.ModelProto) -> OnnxSignature:
     inputs, outputs = list(proto.graph.input), list(proto.graph.output)
     if len(inputs) != 1 or len(outputs) != 1:
         raise ConversionError(
-            f"the ONNX graph has {len(inputs)} inputs and {len(outputs)} outputs; the service expects one of each"
+            f"the ONNX graph has {len(inputs)} inputs and {len(outputs)} outputs, not one of each"
         )
     return OnnxSignature(inputs[0].name, _shape(inputs[0]), outputs[0].name, _shape(outputs[0]))
 

@@ -26,7 +26,7 @@ import tf2onnx
 from exporter.convert import check_onnx_model, convert_keras_to_onnx
 from exporter.defaults import DEFAULT_PARITY_IMAGES, DEFAULT_TOLERANCE, OPSET
 from exporter.entry import publish, staged_entry
-from exporter.errors import ExportError
+from exporter.errors import ConversionError, ExportError
 from exporter.manifest import (
     INPUT_NAME,
     KERAS_FILE,
@@ -50,7 +50,13 @@ from exporter.parity import (
     onnx_session,
     preprocess_items,
 )
-from exporter.quantize import CALIBRATION_IMAGES, TestSet, VariantUnavailable, labels_of, measure_variant
+from exporter.quantize import (
+    CALIBRATION_IMAGES,
+    Float32Baseline,
+    VariantUnavailableError,
+    labels_of,
+    measure_variant,
+)
 from service.preprocessing import Recipe
 from training.report import CONFUSION_PNG, CURVES_PNG, REPORT_JSON, REPORT_MD, ROC_PNG
 from training.runs import MODEL_FILE, read_run
@@ -90,73 +96,87 @@ class ExportResult:
 
 def export_run(options: ExportOptions, say: Callable[[str], None] = print) -> ExportResult:
     """Convert the run's model, check parity on split images, write ``repository/name`` in one rename."""
-    if options.tolerance < 0:
-        raise ExportError(f"--tolerance must not be negative, not {options.tolerance:g}")
+    if not 0 <= options.tolerance < 1:
+        raise ExportError(
+            f"--tolerance must be a probability difference in [0, 1), not {options.tolerance:g}"
+        )
     with staged_entry(options.repository, options.name, options.force) as (staging, target):
-        run_dir = options.run_dir
-        run = read_run(run_dir)
-        report = read_report(run_dir)
-        split_path = resolve_split(run_dir, run, options.split)
-        split = load_split(split_path, data_root_override=options.data_roots)
-        if list(split.classes) != list(run["classes"]):
-            raise ExportError(
-                f"the split {split_path} has classes {list(split.classes)}, the model {run['classes']}"
-            )
-        recipe = recipe_of(run)
-        model = load_keras_model(run_dir / MODEL_FILE, run)
-
-        say(f"converting {run_dir / MODEL_FILE} to ONNX (opset {OPSET})")
-        proto = convert_keras_to_onnx(model, OPSET)
-        check_onnx_model(proto, model, OPSET)
-        onnx.save(proto, staging / ONNX_FILE)
-        session = onnx_session(staging / ONNX_FILE)
-
-        sample = load_parity_sample(split, recipe, options.parity_images)
-        parity = check_parity(model, session, sample, options.tolerance)
-        say(
-            f"parity on {parity.images} images ({', '.join(f'{n} {s}' for s, n in parity.subsets.items())}): "
-            f"max |Δ probability| {parity.max_abs_diff:.3g} <= {parity.tolerance:g}, same class on every image"
-        )
-        latency = {**latency_note(), "onnx_ms": median_latency_ms(session, sample.images[0])}
-
-        shutil.copy2(run_dir / MODEL_FILE, staging / KERAS_FILE)
-        documents = [name for name in DOCUMENTS if (run_dir / name).is_file()]
-        for name in documents:
-            shutil.copy2(run_dir / name, staging / name)
-
-        variants, refused = make_variants(options.variants, proto, split, recipe, session, staging, say)
-        manifest = build_manifest(
-            name=options.name,
-            version=options.version,
-            run=run,
-            report=report,
-            onnx={
-                **file_record(staging / ONNX_FILE),
-                "opset": OPSET,
-                "input": INPUT_NAME,
-                "output": OUTPUT_NAME,
-            },
-            keras={**file_record(staging / KERAS_FILE), "gradcam_layer": run["gradcam_layer"]},
-            parity={
-                **parity.to_manifest(),
-                "split": str(split_path),
-                "split_sha256": file_sha256(split_path),
-            },
-            versions=export_versions(),
-            created=datetime.now(UTC).isoformat(timespec="seconds"),
-            latency=latency,
-            variants=variants,
-            refused_variants=refused,
-        )
-        manifest["documents"] = documents
-        manifest["export"] = {"run_dir": str(run_dir), "command": options.command}
-        problems = validate_manifest(manifest, staging)
-        if problems:  # a bug of the exporter rather than of the run, but never publish an invalid entry
-            raise ExportError("the manifest written would be invalid: " + " ".join(problems))
-        write_manifest(staging / MANIFEST_FILE, manifest)
+        try:
+            manifest, parity, refused = fill_entry(options, staging, say)
+        except ConversionError as error:
+            raise ConversionError(f"{error}; nothing was written to {options.repository}") from None
         publish(staging, target, options.force)
     say(f"wrote {target}: {', '.join(sorted(p.name for p in target.iterdir()))}")
     return ExportResult(target, manifest, parity, refused)
+
+
+def fill_entry(
+    options: ExportOptions, staging: Path, say: Callable[[str], None]
+) -> tuple[dict[str, Any], ParityResult, dict[str, str]]:
+    """Write the complete entry into ``staging``: ONNX after its checks, Keras twin, documents, variants,
+    and the manifest last; return the manifest, the parity figures and the refused variants."""
+    run_dir = options.run_dir
+    run = read_run(run_dir)
+    report = read_report(run_dir)
+    split_path = resolve_split(run_dir, run, options.split)
+    split = load_split(split_path, data_root_override=options.data_roots)
+    if list(split.classes) != list(run["classes"]):
+        raise ExportError(
+            f"the split {split_path} has classes {list(split.classes)}, the model {run['classes']}"
+        )
+    recipe = recipe_of(run)
+    sample = load_parity_sample(split, recipe, options.parity_images)  # before the slow part: data moved?
+    model = load_keras_model(run_dir / MODEL_FILE, run)
+
+    say(f"converting {run_dir / MODEL_FILE} to ONNX (opset {OPSET})")
+    proto = convert_keras_to_onnx(model, OPSET)
+    check_onnx_model(proto, model, OPSET)
+    onnx.save(proto, staging / ONNX_FILE)
+    session = onnx_session(staging / ONNX_FILE)
+
+    parity = check_parity(model, session, sample, options.tolerance)
+    say(
+        f"parity on {parity.images} images ({', '.join(f'{n} {s}' for s, n in parity.subsets.items())}):"
+        f" max |Δ probability| {parity.max_abs_diff:.3g} <= {parity.tolerance:g}, same class everywhere"
+    )
+    latency = {**latency_note(), "onnx_ms": median_latency_ms(session, sample.images[0])}
+
+    shutil.copy2(run_dir / MODEL_FILE, staging / KERAS_FILE)
+    documents = [name for name in DOCUMENTS if (run_dir / name).is_file()]
+    for name in documents:
+        shutil.copy2(run_dir / name, staging / name)
+
+    variants, refused = make_variants(options.variants, proto, split, recipe, session, staging, say)
+    manifest = build_manifest(
+        name=options.name,
+        version=options.version,
+        run=run,
+        report=report,
+        onnx={
+            **file_record(staging / ONNX_FILE),
+            "opset": OPSET,
+            "input": INPUT_NAME,
+            "output": OUTPUT_NAME,
+        },
+        keras={**file_record(staging / KERAS_FILE), "gradcam_layer": run["gradcam_layer"]},
+        parity={
+            **parity.to_manifest(),
+            "split": str(split_path),
+            "split_sha256": file_sha256(split_path),
+        },
+        versions=export_versions(),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        latency=latency,
+        variants=variants,
+        refused_variants=refused,
+    )
+    manifest["documents"] = documents
+    manifest["export"] = {"run_dir": str(run_dir), "command": options.command}
+    problems = validate_manifest(manifest, staging)
+    if problems:  # a bug of the exporter rather than of the run, but never publish an invalid entry
+        raise ExportError("the manifest written would be invalid: " + " ".join(problems))
+    write_manifest(staging / MANIFEST_FILE, manifest)
+    return manifest, parity, refused
 
 
 def read_report(run_dir: Path) -> dict[str, Any]:
@@ -245,7 +265,7 @@ def make_variants(
     if not test_items:
         return variants, {name: "the split has no test subset to measure it on" for name in names}
     images = preprocess_items(test_items, recipe)  # (N, h, w, 3)
-    test = TestSet(
+    test = Float32Baseline(
         images,
         labels_of([item.label for item in test_items], split.classes),
         onnx_probabilities(session, images),
@@ -257,8 +277,12 @@ def make_variants(
         say(f"making the {name} variant and measuring it on {len(test_items)} test images")
         try:
             outcome = measure_variant(name, proto, calibration, test)
-        except VariantUnavailable as error:
+        except VariantUnavailableError as error:
             refused[name] = f"the {name} variant was skipped: {error}"
+            say(refused[name])
+            continue
+        except Exception as error:  # an optional variant that ONNX Runtime cannot make or run must not fail
+            refused[name] = f"the {name} variant was skipped: {type(error).__name__}: {error}"
             say(refused[name])
             continue
         if outcome.refused is not None:

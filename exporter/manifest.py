@@ -37,6 +37,12 @@ _SHA256: Final = re.compile(r"[0-9a-f]{64}")
 _TUMOURS: Final = ("glioma", "meningioma", "pituitary")
 _NUMBER: Final = (int, float)
 
+TRAINING_KEYS: Final = (
+    "created", "backend", "devices", "training_time_s", "epochs_run", "best_epoch", "seed",
+    "hyperparameters", "mixed_precision", "command", "versions",
+)  # fmt: skip
+"""What the manifest's ``training`` object copies from run.json."""
+
 # Every key the contract requires, as a dotted path, with the JSON types it may hold.
 REQUIRED_KEYS: Final[Mapping[str, tuple[type, ...]]] = {
     "format": (str,),
@@ -131,22 +137,7 @@ def build_manifest(
         "weights_init": run["weights"],
         "evaluation": evaluation_figures(run, report),
         "parity": dict(parity),
-        "training": {
-            key: run.get(key)
-            for key in (
-                "created",
-                "backend",
-                "devices",
-                "training_time_s",
-                "epochs_run",
-                "best_epoch",
-                "seed",
-                "hyperparameters",
-                "mixed_precision",
-                "command",
-                "versions",
-            )
-        },  # fmt: skip
+        "training": {key: run.get(key) for key in TRAINING_KEYS},
         "versions": dict(versions),
         "created": created,
     }
@@ -373,9 +364,10 @@ def _check_parity(parity: Any) -> list[str]:
     if not isinstance(parity, Mapping):
         return []
     problems = []
-    images, diff, agreement, tolerance = (
-        parity.get(k) for k in ("images", "max_abs_diff", "argmax_agreement", "tolerance")
-    )
+    images: Any = parity.get("images")
+    diff: Any = parity.get("max_abs_diff")
+    agreement: Any = parity.get("argmax_agreement")
+    tolerance: Any = parity.get("tolerance")
     if _is_instance(images, (int,)) and images < 1:
         problems.append("The parity check must have run on at least one image.")
     if _is_instance(diff, _NUMBER) and _is_instance(tolerance, _NUMBER) and not diff <= tolerance:

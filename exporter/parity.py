@@ -225,5 +225,5 @@ def median_latency_ms(
 
 def latency_note(runs: int = LATENCY_RUNS, warmup: int = LATENCY_WARMUP) -> dict[str, Any]:
     """How the latencies in a manifest were measured."""
-    return {"batch_size": 1, "runs": runs, "warmup": warmup, "statistic": "median", "unit": "ms",
-            "how": "onnxruntime InferenceSession.run, CPUExecutionProvider, on the exporting machine"}  # fmt: skip
+    how = "onnxruntime InferenceSession.run, CPUExecutionProvider, on the exporting machine"
+    return {"batch_size": 1, "runs": runs, "warmup": warmup, "statistic": "median", "unit": "ms", "how": how}

@@ -28,12 +28,12 @@ VARIANT_NAMES = ("fp16", "int8")
 FloatArray = npt.NDArray[np.float32]
 
 
-class VariantUnavailable(ExportError):
+class VariantUnavailableError(ExportError):
     """This ONNX Runtime build cannot make the variant; the export goes on without it."""
 
 
 @dataclass(frozen=True)
-class TestSet:
+class Float32Baseline:
     """The split's test subset, preprocessed, and the float32 graph's figures on it."""
 
     images: FloatArray  # (N, h, w, 3)
@@ -68,7 +68,7 @@ def make_fp16(proto: onnx.ModelProto, calibration: FloatArray) -> tuple[onnx.Mod
     try:
         from onnxruntime.transformers.float16 import convert_float_to_float16
     except ImportError as error:
-        raise VariantUnavailable(
+        raise VariantUnavailableError(
             f"the fp16 variant needs onnxruntime.transformers.float16, which cannot be imported ({error})"
         ) from None
     converted = convert_float_to_float16(proto, keep_io_types=True)
@@ -90,9 +90,9 @@ def make_int8(proto: onnx.ModelProto, calibration: FloatArray) -> tuple[onnx.Mod
         )
         from onnxruntime.quantization.shape_inference import quant_pre_process
     except ImportError as error:
-        raise VariantUnavailable(f"onnxruntime.quantization cannot be imported ({error})") from None
+        raise VariantUnavailableError(f"onnxruntime.quantization cannot be imported ({error})") from None
 
-    class Calibration(CalibrationDataReader):  # type: ignore[misc]
+    class Calibration(CalibrationDataReader):
         def __init__(self) -> None:
             self._feeds = iter([{INPUT_NAME: image[None]} for image in calibration])  # (1, h, w, 3) each
 
@@ -131,7 +131,7 @@ def measure_variant(
     name: str,
     proto: onnx.ModelProto,
     calibration: FloatArray,
-    test: TestSet,
+    test: Float32Baseline,
     max_drop_points: float = MAX_ACCURACY_DROP_POINTS,
 ) -> VariantOutcome:
     """Make variant ``name`` of the float32 graph and score it on the test set against that graph."""

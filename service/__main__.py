@@ -1,27 +1,51 @@
-"""`python -m service`: serve the model repository with uvicorn (settings from ``MRI_*`` variables)."""
+"""``python -m service``: serve the model repository with uvicorn (settings from ``MRI_*`` variables).
+
+A bad setting or a missing, empty or corrupt repository stops start-up with one sentence on stderr and exit
+status 2, before uvicorn starts (so no traceback).
+"""
 
 from __future__ import annotations
 
-import os
 import sys
-from pathlib import Path
+
+import uvicorn
+from pydantic import ValidationError
+
+from service.app import create_app
+from service.logging import configure_logging
+from service.model_repository import ModelRepositoryError, SessionConfig, open_model_repository
+from service.settings import Settings, describe_settings_error
+
+EXIT_CANNOT_START = 2
 
 
 def main() -> int:
     """Start the service, or say in one sentence why it cannot start."""
-    repository = Path(os.environ.get("MRI_MODEL_REPOSITORY", "models"))
-    if not repository.is_dir() or not any(repository.glob("*/manifest.json")):
-        print(
-            f"No model repository at {repository.resolve()}: export a trained model there with "
-            "`python -m exporter RUN_DIR --repository models --name NAME` (the bundled default models "
-            "and the HTTP service itself are not part of this release yet).",
-            file=sys.stderr,
+    try:
+        settings = Settings()
+    except ValidationError as error:
+        print(describe_settings_error(error), file=sys.stderr)
+        return EXIT_CANNOT_START
+    configure_logging(settings.log_level)
+    try:
+        repository = open_model_repository(
+            settings.model_repository,
+            settings.default_model,
+            SessionConfig(settings.ort_intra_op_threads, settings.ort_inter_op_threads),
         )
-        return 2
-    print(
-        "The HTTP service is not part of this release yet; only the model repository exists.", file=sys.stderr
+    except ModelRepositoryError as error:
+        print(error, file=sys.stderr)
+        return EXIT_CANNOT_START
+    app = create_app(settings, repository=repository)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,  # keep the JSON logging configured above
+        access_log=False,  # the service writes its own access line per request
+        timeout_graceful_shutdown=10,
     )
-    return 2
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,13 +1,13 @@
 """Bytes of a DICOM file -> the same canonical uint8 RGB (H, W, 3) array that ``decode_image`` gives.
 
-One single-frame slice (MR, CT, secondary capture...) per upload. Before any pixel is decoded the pixel data must
-exist, Rows x Columns must be within the pixel limit and the transfer syntax must have a decoder on this server;
-compressed syntaxes (JPEG, JPEG-LS, JPEG 2000) decode through pylibjpeg or Pillow when installed, RLE always.
-Multi-frame files are refused (which frame of a volume to classify is the sender's choice, not ours).
+One single-frame slice (MR, CT, secondary capture...) per upload. Before any pixel is decoded the pixel data
+must exist, Rows x Columns must be within the pixel limit and the transfer syntax must have a decoder on this
+server: compressed syntaxes (JPEG, JPEG-LS, JPEG 2000) decode through pylibjpeg or Pillow when installed, RLE
+always. Multi-frame files are refused (which frame of a volume to classify is the sender's choice, not ours).
 
-Greyscale: modality LUT (Rescale Slope / Intercept) -> VOI (the VOI LUT, else the first Window Center / Width, else
-min-max) -> 0..255, inverted for MONOCHROME1 -> grey repeated to RGB. Colour: YBR is converted to RGB by pydicom,
-PALETTE COLOR through its lookup table, more than 8 bits scaled by the stored bit depth.
+Greyscale: modality LUT (Rescale Slope / Intercept) -> VOI (the VOI LUT, else the first Window Center / Width,
+else min-max) -> 0..255, inverted for MONOCHROME1 -> grey repeated to RGB. Colour: YBR is converted to RGB by
+pydicom, PALETTE COLOR through its lookup table, more than 8 bits scaled by the stored bit depth.
 
 Patient data never leaves this module: only pixel-module attributes are read, and no message or exception (nor
 its chained cause) carries the text of pydicom's own errors, which can quote element values.
@@ -46,7 +46,7 @@ _SEND_UNCOMPRESSED: Final = "Send an uncompressed (Explicit VR Little Endian) DI
 
 
 def is_dicom(data: bytes, content_type: str | None = None) -> bool:
-    """Whether ``data`` is a DICOM Part 10 file ("DICM" at offset 128) or declared as ``application/dicom``."""
+    """Whether ``data`` is a DICOM Part 10 file ("DICM" at offset 128) or declared ``application/dicom``."""
     if data[_MAGIC_OFFSET : _MAGIC_OFFSET + len(_MAGIC)] == _MAGIC:
         return True
     if content_type is None:
@@ -85,8 +85,8 @@ def decode_dicom(
         rgb = _colour_to_uint8(pixels, int(dataset.get("BitsStored", 8)))
     else:
         raise UnsupportedImageFormatError(
-            f"DICOM images with the photometric interpretation {_printable(photometric)!r} are not supported; "
-            "send a MONOCHROME1, MONOCHROME2, RGB, YBR or PALETTE COLOR image."
+            f"DICOM images with the photometric interpretation {_printable(photometric)!r} are not "
+            "supported; send a MONOCHROME1, MONOCHROME2, RGB, YBR or PALETTE COLOR image."
         )
     return np.ascontiguousarray(rgb, dtype=np.uint8)
 

@@ -23,7 +23,7 @@ logger = logging.getLogger("service.errors")
 
 
 class ServiceError(Exception):
-    """Base class of every refusal the service answers with; subclasses fix ``status_code`` and ``error_type``."""
+    """Base class of every refusal the service answers; subclasses fix ``status_code`` and ``error_type``."""
 
     status_code: ClassVar[int] = 500
     error_type: ClassVar[str] = "internal_error"
@@ -50,7 +50,7 @@ class ServiceError(Exception):
 
 
 class UnauthorizedError(ServiceError):
-    """HTTP 401 ``unauthorized``: API keys are configured and the request's ``X-API-Key`` is not one of them."""
+    """HTTP 401 ``unauthorized``: API keys are configured and ``X-API-Key`` is not one of them."""
 
     status_code = 401
     error_type = "unauthorized"
@@ -78,7 +78,7 @@ class UploadTooLargeError(ServiceError):
 
 
 class UnsupportedMediaTypeError(ServiceError):
-    """HTTP 415 ``unsupported_media_type``: the body is not multipart/form-data, or the image format is not."""
+    """HTTP 415 ``unsupported_media_type``: a body that is not multipart/form-data."""
 
     status_code = 415
     error_type = "unsupported_media_type"
@@ -184,13 +184,19 @@ def _describe_problem(problem: Mapping[str, Any]) -> str:
     kind = problem.get("type", "")
     if (where, name) == ("form field", "file"):
         if kind == "missing":
-            return "The multipart field 'file' is missing: send the image as multipart/form-data in a field named 'file'."
+            return (
+                "The multipart field 'file' is missing: send the image as multipart/form-data "
+                "in a field named 'file'."
+            )
         return "The multipart field 'file' must be a file (a part with a filename), not a text value."
     if kind == "missing":
         return f"The {where} '{name}' is required."
     message = str(problem.get("msg", "is invalid")).removeprefix("Value error, ").rstrip(".")
     value = problem.get("input")
-    shown = f" (got {value!r})" if where != "form field" and isinstance(value, str) and len(value) <= 64 else ""
+    # a query value is short and the client's own; a form field may hold anything, so it is never echoed
+    shown = (
+        f" (got {value!r})" if where != "form field" and isinstance(value, str) and len(value) <= 64 else ""
+    )
     return f"The {where} '{name}' is invalid: {message}{shown}."
 
 

@@ -25,6 +25,7 @@ from training.zoo.normalisation import add_normalisation, set_efficientnet_norma
 
 INPUT_NAME = "image"
 OFFLINE_IMAGENET = "imagenet-offline"
+RANDOM_INIT_BN_MOMENTUM = 0.9
 LITE_PREFIX = "efficientnet_lite"  # catalogue entries built by training.pretrained, not keras.applications
 # Keras 3 formats hold a whole model's weights; a legacy .h5 is taken for a Keras application's (no-top) file.
 WHOLE_MODEL_SUFFIXES = (".keras", ".weights.h5")
@@ -132,6 +133,8 @@ def build_model(
 
     if entry.normalisation == "torch":
         set_efficientnet_normalisation(model)
+    if weights == "none":
+        _quicken_batchnorm(model)
     if weights == "imagenet":
         _copy_application_weights(entry, model, (height, width), "imagenet")
     elif weights_path is not None:
@@ -142,6 +145,18 @@ def build_model(
         raise ZooError(f"{entry.name}: the Grad-CAM layer {entry.gradcam_layer!r} is not a 4-D layer")
     spec = ModelSpec(entry.name, head_name, weights, (height, width), num_classes, entry.gradcam_layer)
     return model, spec
+
+
+def _quicken_batchnorm(model: keras.Model) -> None:
+    """Random init: BatchNorm moving statistics must follow the weights within an epoch, not a thousand steps.
+
+    Keras applications use momentum 0.99-0.999, made for long ImageNet runs; from scratch on ~80 steps per epoch the
+    moving statistics lag so far behind that validation (inference mode) predicts one class for many epochs while
+    training accuracy climbs. 0.9 averages over about ten steps.
+    """
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = RANDOM_INIT_BN_MOMENTUM
 
 
 def _check_weights(entry: Backbone, weights: str) -> str | None:

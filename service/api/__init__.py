@@ -1,0 +1,1 @@
+"""The HTTP routes: prediction, models, health and metrics, each in its own module."""

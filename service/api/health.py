@@ -1,0 +1,38 @@
+"""``GET /health/live`` and ``GET /health/ready`` for orchestrators (never authenticated)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from service.api.responses import error_responses
+from service.errors import NotReadyError
+from service.model_repository import ModelRepository
+from service.schemas import LivenessResponse, ModelReadiness, ReadinessResponse
+
+router = APIRouter(prefix="/health", tags=["health"])
+
+
+@router.get("/live", summary="Liveness", response_model=LivenessResponse)
+async def live() -> LivenessResponse:
+    """200 whenever the process answers."""
+    return LivenessResponse(status="alive")
+
+
+@router.get("/ready", summary="Readiness", response_model=ReadinessResponse, responses=error_responses(503))
+async def ready(request: Request) -> ReadinessResponse:
+    """200 once every model is loaded and warmed; 503 until then (send no predictions before)."""
+    repository: ModelRepository | None = getattr(request.app.state, "repository", None)
+    if repository is None:
+        raise NotReadyError("The model repository is still loading.")
+    if repository.warm_up_error is not None:
+        raise NotReadyError(repository.warm_up_error)
+    if not repository.ready:
+        waiting = [name for name, model in repository.models.items() if not model.ready]
+        raise NotReadyError(f"Still warming up: {', '.join(waiting)}.")
+    return ReadinessResponse(
+        status="ready",
+        models=[
+            ModelReadiness(name=model.name, version=model.version, ready=model.ready)
+            for model in repository.models.values()
+        ],
+    )

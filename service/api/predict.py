@@ -1,0 +1,146 @@
+"""``POST /predict``: classify one uploaded MRI slice, optionally with a Grad-CAM heat map."""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, Query, Response, UploadFile
+
+from service.api.deps import InferenceDep, RepositoryDep, RequestContextDep, SettingsDep, require_api_key
+from service.api.responses import error_responses
+from service.errors import InvalidRequestError, NotReadyError, UploadTooLargeError
+from service.explanations import GradcamOutcome
+from service.inference import PredictionOutcome
+from service.model_repository import ServedModel
+from service.schemas import DISCLAIMER, GradcamResponse, ModelReference, PredictResponse, StageTimings
+
+router = APIRouter(tags=["prediction"], dependencies=[Depends(require_api_key)])
+
+FileField = Annotated[
+    UploadFile,
+    File(
+        description=(
+            "The MRI slice: JPEG, PNG, BMP, TIFF (8 or 16 bit, grey, RGB or RGBA) or a single-frame "
+            "DICOM file. The format is read from the content, not from the file name or its declared type."
+        ),
+    ),
+]
+ModelQuery = Annotated[
+    str | None,
+    Query(description="Model to use (see GET /models); omitted: the service's default model.",
+          examples=["mobilenetv2-4class"]),
+]  # fmt: skip
+GradcamQuery = Annotated[
+    bool | None,
+    Query(description="Whether to return a Grad-CAM heat map (true/false); omitted: the service's default "
+                      "(MRI_GRADCAM_DEFAULT, normally false). Grad-CAM adds about a second on a CPU.",
+          examples=[True]),
+]  # fmt: skip
+GradcamClassQuery = Annotated[
+    str | None,
+    Query(description="Class whose Grad-CAM to compute instead of the predicted one (one of the model's "
+                      "classes); implies gradcam=true.",
+          examples=["meningioma"]),
+]  # fmt: skip
+
+
+@router.post(
+    "/predict",
+    summary="Classify one brain MRI slice",
+    response_model=PredictResponse,
+    responses=error_responses(400, 401, 404, 413, 415, 422, 429, 500, 503),
+)
+async def predict(
+    file: FileField,
+    repository: RepositoryDep,
+    inference: InferenceDep,
+    settings: SettingsDep,
+    context: RequestContextDep,
+    response: Response,
+    model: ModelQuery = None,
+    gradcam: GradcamQuery = None,
+    gradcam_class: GradcamClassQuery = None,
+) -> PredictResponse:
+    """Decode the upload, preprocess it with the model's own recipe and classify it with ONNX Runtime.
+
+    Research use only: the answer is not a medical diagnosis.
+    """
+    started = time.perf_counter()
+    served = repository.get(model)
+    context.model = served.name
+    if not served.ready:
+        raise NotReadyError(f"Model {served.name} is still warming up; retry when /health/ready answers 200.")
+    class_index = _gradcam_class_index(served, gradcam_class)
+    if gradcam is False and class_index is not None:
+        raise InvalidRequestError("The query parameter 'gradcam_class' asks for Grad-CAM, but gradcam=false.")
+    want_gradcam = class_index is not None or (settings.gradcam_default if gradcam is None else gradcam)
+    if file.size is not None and file.size > settings.max_upload_bytes:
+        raise UploadTooLargeError(
+            f"The upload ({file.size:,} bytes) is larger than the limit of "
+            f"{settings.max_upload_bytes:,} bytes; send a smaller image."
+        )
+    data = await file.read()
+    outcome = await inference.predict(
+        served, data, file.content_type, gradcam=want_gradcam, gradcam_class=class_index
+    )
+    context.label = outcome.prediction.label
+    timings = _timings(outcome, total_s=time.perf_counter() - started)
+    response.headers["Server-Timing"] = ", ".join(
+        f"{stage};dur={ms:.1f}" for stage, ms in timings.model_dump().items() if ms is not None
+    )
+    return _answer(outcome, context.request_id, timings)
+
+
+def _gradcam_class_index(model: ServedModel, gradcam_class: str | None) -> int | None:
+    if gradcam_class is None:
+        return None
+    if gradcam_class not in model.classes:
+        raise InvalidRequestError(
+            f"The query parameter 'gradcam_class' must be one of the classes of model {model.name}: "
+            f"{', '.join(model.classes)} (got {gradcam_class[:64]!r})."
+        )
+    return model.classes.index(gradcam_class)
+
+
+def _timings(outcome: PredictionOutcome, total_s: float) -> StageTimings:
+    prediction = outcome.prediction
+    return StageTimings(
+        queue=round(outcome.queue_s * 1000.0, 3),
+        decode=round(prediction.decode_s * 1000.0, 3),
+        preprocess=round(prediction.preprocess_s * 1000.0, 3),
+        inference=round(prediction.inference_s * 1000.0, 3),
+        gradcam=None if outcome.gradcam is None else round(outcome.gradcam.seconds * 1000.0, 3),
+        total=round(total_s * 1000.0, 3),
+    )
+
+
+def _answer(outcome: PredictionOutcome, request_id: str, timings: StageTimings) -> PredictResponse:
+    prediction = outcome.prediction
+    served = prediction.model
+    return PredictResponse(
+        request_id=request_id,
+        label=prediction.label,
+        confidence=prediction.confidence,
+        probabilities={
+            name: float(p) for name, p in zip(served.classes, prediction.probabilities, strict=True)
+        },
+        model=ModelReference(name=served.name, version=served.version, sha256=served.onnx_sha256),
+        gradcam=None if outcome.gradcam is None else _gradcam_answer(outcome.gradcam),
+        timings_ms=timings,
+        disclaimer=DISCLAIMER,
+    )
+
+
+def _gradcam_answer(gradcam: GradcamOutcome) -> GradcamResponse:
+    return GradcamResponse.model_validate(
+        {
+            "png_base64": base64.b64encode(gradcam.png).decode("ascii"),
+            "class": gradcam.class_name,
+            "layer": gradcam.layer,
+            "width": gradcam.width,
+            "height": gradcam.height,
+            "agrees_with_onnx": gradcam.agrees_with_onnx,
+        }
+    )

@@ -1,0 +1,78 @@
+"""The error answers of each route for OpenAPI ``responses=``, with an example body for every error type."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+from service.schemas import ErrorResponse
+
+# status -> {error_type: example sentence}
+ERROR_EXAMPLES: Final[Mapping[int, Mapping[str, str]]] = {
+    400: {
+        "invalid_image": "The PNG image is corrupt: the CRC of its IHDR chunk does not match.",
+        "bad_request": "There was an error parsing the body.",
+    },
+    401: {"unauthorized": "The X-API-Key header is missing; this service requires an API key."},
+    404: {
+        "unknown_model": "There is no model 'resnet'; the models served here are: mobilenetv2-4class.",
+        "not_found": "There is no route /predcit; see /docs for the routes of this service.",
+    },
+    413: {
+        "upload_too_large": "The upload (52,428,800 bytes) is larger than the limit of 20,971,520 bytes; "
+        "send a smaller image.",
+        "image_too_large": "The image is 100000 x 100000 pixels (10,000,000,000 in all), more than the limit "
+        "of 50,000,000 pixels.",
+    },
+    415: {
+        "unsupported_media_type": "GIF images are not supported. Send a JPEG, PNG, BMP or TIFF image.",
+    },
+    422: {
+        "validation_error": "The query parameter 'gradcam' is invalid: Input should be a valid boolean, "
+        "unable to interpret input (got 'maybe').",
+    },
+    429: {
+        "overloaded": "The service is busy: all 4 prediction slots stayed taken for 2 s. Retry in a moment.",
+    },
+    500: {
+        "internal_error": "The service failed unexpectedly while handling this request; the failure was "
+        "logged with request id 6f1c2b0e4a8d4f7e9b3c5d2a1e0f9c8b.",
+    },
+    503: {
+        "not_ready": "Model mobilenetv2-4class is still warming up; retry when /health/ready answers 200.",
+    },
+}
+
+_DESCRIPTIONS: Final[Mapping[int, str]] = {
+    400: "The upload is not a decodable image (empty, truncated, corrupt, not an image, or too small).",
+    401: "API keys are configured and X-API-Key is missing or wrong.",
+    404: "Unknown model.",
+    413: "Too many bytes (upload limit) or too many pixels (declared in the image header).",
+    415: "Not multipart/form-data, or an image format the service does not read (GIF, WebP...).",
+    422: "A field or query parameter is missing or invalid.",
+    429: "Overloaded: no prediction slot freed up within the queue timeout. Retry later.",
+    500: "Unexpected failure (logged with the request id).",
+    503: "The models are still loading or warming up.",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for ``statuses``: the ErrorResponse schema and one named example per error type."""
+    return {
+        status: {
+            "model": ErrorResponse,
+            "description": _DESCRIPTIONS[status],
+            "content": {
+                "application/json": {
+                    "examples": {
+                        error_type: {
+                            "summary": error_type,
+                            "value": {"error": sentence, "error_type": error_type},
+                        }
+                        for error_type, sentence in ERROR_EXAMPLES[status].items()
+                    }
+                }
+            },
+        }
+        for status in statuses
+    }

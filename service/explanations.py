@@ -1,0 +1,100 @@
+"""Grad-CAM for a prediction, from the model's Keras twin, checked against the ONNX answer.
+
+:mod:`service.gradcam` imports TensorFlow/Keras, so it is imported here only when the first Grad-CAM is
+asked for, inside a worker thread: a service that never explains never loads TensorFlow.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from service.errors import InternalServiceError
+from service.gradcam_render import render_overlay_png
+
+if TYPE_CHECKING:
+    from service.inference import Prediction
+    from service.model_repository import ServedModel
+
+logger = logging.getLogger("service.gradcam")
+
+
+@dataclass(frozen=True)
+class GradcamOutcome:
+    """The overlay PNG and what it shows; ``agrees_with_onnx`` compares the twin's argmax with ONNX's."""
+
+    png: bytes
+    class_index: int
+    class_name: str
+    layer: str
+    width: int
+    height: int
+    agrees_with_onnx: bool
+    seconds: float
+
+
+class GradcamEngines:
+    """One Grad-CAM engine per model, created on first use; safe to call from several threads."""
+
+    def __init__(self) -> None:
+        self._engines: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def for_model(self, model: ServedModel) -> Any:
+        """The engine of ``model`` (it loads the Keras twin lazily, on its first ``compute``)."""
+        with self._lock:
+            engine = self._engines.get(model.name)
+            if engine is None:
+                from service.gradcam import GradcamEngine  # TensorFlow comes in here, and only here
+
+                engine = GradcamEngine(model.keras_path, model.gradcam_layer)
+                self._engines[model.name] = engine
+            return engine
+
+    def warm_up(self, model: ServedModel) -> None:
+        """Load the Keras twin of ``model`` and trace its Grad-CAM graph ahead of the first request."""
+        self.for_model(model).warm_up()
+
+
+def explain_prediction(
+    engines: GradcamEngines, prediction: Prediction, class_index: int | None
+) -> GradcamOutcome:
+    """Grad-CAM of ``class_index`` (None: the predicted class), overlaid on the original image (blocking)."""
+    started = time.perf_counter()
+    model = prediction.model
+    target = prediction.class_index if class_index is None else class_index
+    from service.gradcam import GradcamError
+
+    try:
+        result = engines.for_model(model).compute(prediction.model_input, target)
+    except GradcamError:
+        logger.exception("Grad-CAM of model %s failed", model.name, extra={"model": model.name})
+        raise InternalServiceError(
+            f"Grad-CAM is unavailable for model {model.name} (the failure was logged); "
+            "ask again without gradcam=true."
+        ) from None
+    png = render_overlay_png(prediction.image, result.heatmap)
+    twin_index = int(np.argmax(result.probabilities))
+    agrees = twin_index == prediction.class_index
+    if not agrees:
+        logger.warning(
+            "the Keras twin of model %s predicts %s where ONNX predicts %s",
+            model.name, model.classes[twin_index], prediction.label,
+            extra={"model": model.name, "label": prediction.label},
+        )  # fmt: skip
+    height, width = prediction.image.shape[:2]
+    return GradcamOutcome(
+        png=png,
+        class_index=int(result.class_index),
+        class_name=model.classes[int(result.class_index)],
+        layer=model.gradcam_layer,
+        width=width,
+        height=height,
+        agrees_with_onnx=agrees,
+        seconds=time.perf_counter() - started,
+    )

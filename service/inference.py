@@ -1,0 +1,161 @@
+"""One prediction: decode -> preprocess (the model's own recipe) -> ONNX Runtime, timed stage by stage.
+
+The work runs in worker threads (``anyio.to_thread.run_sync``), never on the event loop, and at most
+``max_concurrency`` predictions run at once: the others wait up to ``queue_timeout_s`` for a slot, then 429.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import anyio
+import numpy as np
+import numpy.typing as npt
+
+from service.dicom import decode_dicom, is_dicom
+from service.errors import OverloadedError
+from service.explanations import GradcamEngines, GradcamOutcome, explain_prediction
+from service.metrics import ServiceMetrics
+from service.model_repository import ServedModel
+from service.preprocessing import apply_recipe, decode_image
+
+
+class PredictionLimiter:
+    """At most ``max_concurrency`` holders at once; a caller waits up to ``queue_timeout_s``, then 429."""
+
+    def __init__(self, max_concurrency: int, queue_timeout_s: float) -> None:
+        self.max_concurrency = max_concurrency
+        self.queue_timeout_s = queue_timeout_s
+        self._semaphore = anyio.Semaphore(max_concurrency)
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[float]:
+        """Hold one slot for the block; yields the seconds spent waiting for it."""
+        started = time.perf_counter()
+        try:
+            self._semaphore.acquire_nowait()
+        except anyio.WouldBlock:
+            try:
+                with anyio.fail_after(self.queue_timeout_s):
+                    await self._semaphore.acquire()
+            except TimeoutError:
+                raise OverloadedError(
+                    f"The service is busy: all {self.max_concurrency} prediction slots stayed taken for "
+                    f"{self.queue_timeout_s:g} s. Retry in a moment."
+                ) from None
+        try:
+            yield time.perf_counter() - started
+        finally:
+            self._semaphore.release()
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The ONNX answer for one image, with what Grad-CAM needs and the time of each stage in seconds."""
+
+    model: ServedModel
+    probabilities: npt.NDArray[np.float32]  # (C,)
+    image: npt.NDArray[np.uint8]  # (H, W, 3) the decoded upload
+    model_input: npt.NDArray[np.float32]  # (1, height, width, 3)
+    decode_s: float
+    preprocess_s: float
+    inference_s: float
+
+    @property
+    def class_index(self) -> int:
+        return int(np.argmax(self.probabilities))
+
+    @property
+    def label(self) -> str:
+        return self.model.classes[self.class_index]
+
+    @property
+    def confidence(self) -> float:
+        return min(max(float(self.probabilities[self.class_index]), 0.0), 1.0)  # float32 rounding
+
+
+@dataclass(frozen=True)
+class PredictionOutcome:
+    """A prediction, its optional Grad-CAM and the seconds spent waiting for a slot."""
+
+    prediction: Prediction
+    gradcam: GradcamOutcome | None
+    queue_s: float
+
+
+def decode_upload(data: bytes, content_type: str | None, *, max_pixels: int) -> npt.NDArray[np.uint8]:
+    """Upload bytes -> uint8 RGB (H, W, 3): DICOM by its magic or content type, other images by content."""
+    if is_dicom(data, content_type):
+        return decode_dicom(data, max_pixels=max_pixels)
+    return decode_image(data, max_pixels=max_pixels)
+
+
+def predict_upload(
+    model: ServedModel, data: bytes, content_type: str | None, *, max_pixels: int, metrics: ServiceMetrics
+) -> Prediction:
+    """Decode, preprocess and classify one upload (blocking: call it from a worker thread)."""
+    started = time.perf_counter()
+    image = decode_upload(data, content_type, max_pixels=max_pixels)  # (H, W, 3) uint8
+    decoded = time.perf_counter()
+    model_input = apply_recipe(image, model.recipe)[np.newaxis]  # (1, height, width, 3) float32
+    preprocessed = time.perf_counter()
+    probabilities = model.predict(model_input)[0]  # (C,)
+    finished = time.perf_counter()
+    prediction = Prediction(
+        model=model,
+        probabilities=probabilities,
+        image=image,
+        model_input=model_input,
+        decode_s=decoded - started,
+        preprocess_s=preprocessed - decoded,
+        inference_s=finished - preprocessed,
+    )
+    metrics.observe_stage(model.name, "decode", prediction.decode_s)
+    metrics.observe_stage(model.name, "preprocess", prediction.preprocess_s)
+    metrics.observe_stage(model.name, "inference", prediction.inference_s)
+    metrics.inference_duration.labels(model=model.name, version=model.version).observe(prediction.inference_s)
+    return prediction
+
+
+class InferenceService:
+    """Runs predictions (and Grad-CAM when asked) in worker threads under the concurrency limit."""
+
+    def __init__(
+        self,
+        *,
+        metrics: ServiceMetrics,
+        limiter: PredictionLimiter,
+        gradcam_engines: GradcamEngines,
+        max_pixels: int,
+    ) -> None:
+        self.metrics = metrics
+        self.limiter = limiter
+        self.gradcam_engines = gradcam_engines
+        self.max_pixels = max_pixels
+
+    async def predict(
+        self,
+        model: ServedModel,
+        data: bytes,
+        content_type: str | None,
+        *,
+        gradcam: bool,
+        gradcam_class: int | None = None,
+    ) -> PredictionOutcome:
+        """Classify ``data`` with ``model``; with ``gradcam``, explain ``gradcam_class`` (None: the label)."""
+        async with self.limiter.slot() as queue_s:
+            prediction = await anyio.to_thread.run_sync(self._predict_sync, model, data, content_type)
+            explanation = None
+            if gradcam:
+                explanation = await anyio.to_thread.run_sync(
+                    explain_prediction, self.gradcam_engines, prediction, gradcam_class
+                )
+                self.metrics.observe_stage(model.name, "gradcam", explanation.seconds)
+        self.metrics.predictions.labels(model=model.name, label=prediction.label).inc()
+        return PredictionOutcome(prediction=prediction, gradcam=explanation, queue_s=queue_s)
+
+    def _predict_sync(self, model: ServedModel, data: bytes, content_type: str | None) -> Prediction:
+        return predict_upload(model, data, content_type, max_pixels=self.max_pixels, metrics=self.metrics)

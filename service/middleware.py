@@ -1,0 +1,123 @@
+"""Two small ASGI middlewares: request observation (id, in-flight, duration, access log) and upload limit."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import UploadTooLargeError
+from service.logging import log_request
+from service.metrics import ServiceMetrics
+from service.request_context import (
+    REQUEST_ID_HEADER,
+    RequestContext,
+    attach_request_context,
+    choose_request_id,
+)
+
+UNMATCHED_ROUTE = "unmatched"
+MULTIPART_FRAMING_BYTES = 64 * 1024
+"""Room for the multipart boundaries and part headers around a file of the largest accepted size."""
+
+
+class RequestObservationMiddleware:
+    """Give each request an id (echoed as X-Request-ID), count it in flight, time it and log one line."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        context = RequestContext(request_id=choose_request_id(Headers(scope=scope).get(REQUEST_ID_HEADER)))
+        attach_request_context(scope, context)
+        status = 500  # what the client sees when the app raises before answering
+
+        async def send_with_request_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = MutableHeaders(scope=message)
+                if REQUEST_ID_HEADER not in headers:
+                    headers.append(REQUEST_ID_HEADER, context.request_id)
+            await send(message)
+
+        self.metrics.inflight_requests.inc()
+        try:
+            await self.app(scope, receive, send_with_request_id)
+        except Exception:
+            status = 500
+            context.error_type = context.error_type or "internal_error"
+            raise
+        finally:
+            self.metrics.inflight_requests.dec()
+            seconds = time.perf_counter() - started
+            route = _route_template(scope)
+            self.metrics.request_duration.labels(route=route, status=str(status)).observe(seconds)
+            log_request(
+                context, method=scope["method"], route=route, status=status, latency_ms=seconds * 1000.0
+            )
+
+
+def _route_template(scope: Scope) -> str:
+    """The matched route's path template (``/models/{name}``), so that labels do not grow with the URLs."""
+    route: Any = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else UNMATCHED_ROUTE
+
+
+class UploadLimitMiddleware:
+    """Refuse a request body over ``max_upload_bytes`` (plus multipart framing) with 413 without reading it.
+
+    A declared Content-Length over the limit is refused before the first byte is read; a body without one
+    (chunked) is counted as it streams and cut off as soon as it passes the limit. The error is raised from
+    ``receive``, i.e. inside the body parsing of the route, and answered by the one error handler.
+    """
+
+    def __init__(
+        self, app: ASGIApp, max_upload_bytes: int, framing_bytes: int = MULTIPART_FRAMING_BYTES
+    ) -> None:
+        self.app = app
+        self.max_upload_bytes = max_upload_bytes
+        self.max_bytes = max_upload_bytes + framing_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        received = 0
+
+        async def receive_with_limit() -> Message:
+            nonlocal received
+            if declared is not None and declared > self.max_bytes:
+                raise self._too_large(declared)
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise self._too_large(None)
+            return message
+
+        await self.app(scope, receive_with_limit, send)
+
+    def _too_large(self, declared: int | None) -> UploadTooLargeError:
+        size = f" ({declared:,} bytes)" if declared is not None else ""
+        return UploadTooLargeError(
+            f"The upload{size} is larger than the limit of {self.max_upload_bytes:,} bytes; "
+            "send a smaller image."
+        )
+
+
+def _content_length(scope: Scope) -> int | None:
+    value = Headers(scope=scope).get("content-length")
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None

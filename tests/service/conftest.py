@@ -1,0 +1,156 @@
+"""Service fixtures: a tiny model repository built once per session, and apps / clients on top of it.
+
+The repository holds two entries made like the exporter makes them (a flat Keras CNN trained for a few steps
+on synthetic images, converted with tf2onnx, manifest with sha256s): ``tiny-4class`` (the default, first by
+name) and ``tiny-binary``. The point is the service's plumbing, not accuracy.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from exporter.manifest import FORMAT, file_record, validate_manifest, write_manifest
+from service.app import create_app
+from service.preprocessing import make_recipe
+from service.settings import Settings
+
+SIZE = 48
+GRADCAM_LAYER = "last_conv"
+TASKS = {"tiny-4class": "4class", "tiny-binary": "binary"}
+CLASSES = {"4class": ["glioma", "meningioma", "no_tumor", "pituitary"], "binary": ["no_tumor", "tumor"]}
+
+
+def _tiny_cnn(classes: int) -> Any:
+    import keras
+
+    image = keras.Input((SIZE, SIZE, 3), name="image")
+    x = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(image)
+    x = keras.layers.Conv2D(8, 3, activation="relu", name="conv1")(x)
+    x = keras.layers.MaxPooling2D(2, name="pool1")(x)
+    x = keras.layers.Conv2D(16, 3, activation="relu", name=GRADCAM_LAYER)(x)
+    x = keras.layers.GlobalAveragePooling2D(name="head_gap")(x)
+    probabilities = keras.layers.Dense(classes, activation="softmax", name="probabilities")(x)
+    return keras.Model(image, probabilities, name="tiny")
+
+
+def _write_entry(repository: Path, name: str, task: str) -> None:
+    import keras
+    import onnx
+
+    from exporter.convert import OPSET, convert_keras_to_onnx
+
+    keras.utils.set_random_seed(len(name))
+    classes = CLASSES[task]
+    model = _tiny_cnn(len(classes))
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (32, SIZE, SIZE, 3)).astype(np.float32)
+    labels = rng.integers(0, len(classes), 32)
+    model.fit(images, labels, batch_size=8, epochs=1, verbose=0)  # a few steps: weights that are not the init
+    entry = repository / name
+    entry.mkdir(parents=True)
+    model.save(entry / "model.keras")
+    onnx.save(convert_keras_to_onnx(model), entry / "model.onnx")
+    manifest = {
+        "format": FORMAT,
+        "name": name,
+        "version": "0.0.1-test",
+        "task": task,
+        "classes": classes,
+        "input": {"height": SIZE, "width": SIZE, "channels": 3, "layout": "NHWC", "dtype": "float32",
+                  "range": [0, 255]},
+        "preprocessing": make_recipe("crop", SIZE).to_dict(),
+        "onnx": {**file_record(entry / "model.onnx"), "opset": OPSET, "input": "image", "output": "probabilities"},
+        "keras": {**file_record(entry / "model.keras"), "gradcam_layer": GRADCAM_LAYER},
+        "backbone": "tiny-cnn",
+        "head": "gap-softmax",
+        "weights_init": "random",
+        "evaluation": {"split": {"path": "synthetic", "sha256": "0" * 64}, "test": {"accuracy": 0.25}},
+        "parity": {"images": 1, "max_abs_diff": 0.0, "argmax_agreement": 1.0, "tolerance": 1e-4},
+        "created": "2024-01-01T00:00:00Z",
+    }  # fmt: skip
+    assert validate_manifest(manifest, entry) == []
+    write_manifest(entry / "manifest.json", manifest)
+
+
+@pytest.fixture(scope="session")
+def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A repository folder with the entries ``tiny-4class`` and ``tiny-binary`` (read-only for tests)."""
+    repository = tmp_path_factory.mktemp("models")
+    for name, task in TASKS.items():
+        _write_entry(repository, name, task)
+    return repository
+
+
+@pytest.fixture
+def make_app(model_repository: Path) -> Callable[..., FastAPI]:
+    """``make_app(**settings)``: an app on the tiny repository; keyword arguments override settings."""
+
+    def factory(**overrides: Any) -> FastAPI:
+        return create_app(Settings.model_validate({"model_repository": model_repository, **overrides}))
+
+    return factory
+
+
+def wait_until_ready(client: TestClient, timeout_s: float = 60.0) -> None:
+    """Poll /health/ready until 200 (warm-up runs in the background after start-up)."""
+    deadline = time.monotonic() + timeout_s
+    while client.get("/health/ready").status_code != 200:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not ready after {timeout_s} s: {client.get('/health/ready').json()}")
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def make_client(make_app: Callable[..., FastAPI]) -> Iterator[Callable[..., TestClient]]:
+    """``make_client(**settings)``: a started (lifespan run) and ready TestClient; closed after the test."""
+    clients: list[TestClient] = []
+
+    def factory(*, raise_server_exceptions: bool = True, **overrides: Any) -> TestClient:
+        client = TestClient(make_app(**overrides), raise_server_exceptions=raise_server_exceptions)
+        client.__enter__()
+        clients.append(client)
+        wait_until_ready(client)
+        return client
+
+    yield factory
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(make_client: Callable[..., TestClient]) -> TestClient:
+    """A ready client with the default settings on the tiny repository."""
+    return make_client()
+
+
+def encode(image: npt.NDArray[Any], ext: str = ".png") -> bytes:
+    """An array (H, W[, C]) in OpenCV's channel order encoded as ``ext``."""
+    ok, data = cv2.imencode(ext, image)
+    assert ok
+    return bytes(data.tobytes())
+
+
+@pytest.fixture(scope="session")
+def encode_image() -> Callable[..., bytes]:
+    """``encode_image(array, ".png")``: OpenCV-encoded bytes (tests cannot import from conftest)."""
+    return encode
+
+
+@pytest.fixture(scope="session")
+def brain_png() -> bytes:
+    """A synthetic 96 x 80 'slice': a bright ellipse on black, as PNG."""
+    image = np.zeros((80, 96, 3), np.uint8)
+    cv2.ellipse(image, (48, 40), (36, 30), 0, 0, 360, (150, 150, 150), -1)
+    cv2.circle(image, (60, 34), 9, (240, 240, 240), -1)
+    return encode(image)
