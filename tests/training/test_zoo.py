@@ -205,3 +205,21 @@ def test_saved_model_reloads_without_custom_objects(name: str, tmp_path: Path) -
     assert not any(
         layer.trainable_weights for layer in reloaded.layers if layer.name.startswith("preprocess_")
     )
+
+
+def batchnorm_momenta(model: keras.Model) -> set[float]:
+    return {layer.momentum for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)}
+
+
+def test_random_init_batchnorm_follows_within_an_epoch_and_survives_saving(tmp_path: Path) -> None:
+    from_scratch, _ = build_model("mobilenetv2", 4, input_size=32, weights="none")
+    assert batchnorm_momenta(from_scratch) == {0.9}
+    path = tmp_path / "scratch.keras"
+    from_scratch.save(path)
+    reloaded = keras.models.load_model(path)
+    assert batchnorm_momenta(reloaded) == {0.9}
+
+
+def test_offline_imagenet_is_refused_for_a_backbone_without_it() -> None:
+    with pytest.raises(ZooError, match="only for the EfficientNet-Lite backbones, not mobilenetv2"):
+        build_model("mobilenetv2", 4, input_size=32, weights="imagenet-offline")
