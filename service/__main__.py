@@ -26,7 +26,6 @@ def main() -> int:
     except ValidationError as error:
         print(describe_settings_error(error), file=sys.stderr)
         return EXIT_CANNOT_START
-    configure_logging(settings.log_level)
     try:
         repository = open_model_repository(
             settings.model_repository,
@@ -36,6 +35,7 @@ def main() -> int:
     except ModelRepositoryError as error:
         print(error, file=sys.stderr)
         return EXIT_CANNOT_START
+    configure_logging(settings.log_level)  # after the checks: a refusal is its one sentence and nothing else
     app = create_app(settings, repository=repository)
     uvicorn.run(
         app,

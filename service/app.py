@@ -76,6 +76,13 @@ def create_app(settings: Settings | None = None, *, repository: ModelRepository 
                 SessionConfig(settings.ort_intra_op_threads, settings.ort_inter_op_threads),
             )
         for model in opened.models.values():
+            logger.info(
+                "serving model %s %s on %s",
+                model.name,
+                model.version,
+                model.provider,
+                extra={"model": model.name, "version": model.version, "providers": [model.provider]},
+            )
             service_metrics.model_info.labels(
                 model=model.name, version=model.version, sha256=model.onnx_sha256, provider=model.provider
             ).set(1)

@@ -152,10 +152,11 @@ def as_service_error(exc: Exception, request: Request) -> ServiceError:
 
 def _from_http_exception(exc: StarletteHTTPException, request: Request) -> ServiceError:
     status = exc.status_code
+    path = request.url.path[:100]  # the client's own text, echoed short
     if status == 404:
-        message = f"There is no route {request.url.path}; see /docs for the routes of this service."
+        message = f"There is no route {path}; see /docs for the routes of this service."
     elif status == 405:
-        message = f"The route {request.url.path} does not answer {request.method}; see /docs."
+        message = f"The route {path} does not answer {request.method}; see /docs."
     else:
         detail = str(exc.detail).rstrip(".")
         message = f"{detail}." if detail else "The request was refused."
@@ -206,9 +207,12 @@ async def handle_error(request: Request, exc: Exception) -> JSONResponse:
     context = request_context_of(request)
     if error.status_code >= 500 and not isinstance(exc, ServiceError):
         logger.error(
-            "unhandled %s on %s", type(exc).__name__, request.url.path,
-            exc_info=exc, extra={"request_id": context.request_id},
-        )  # fmt: skip
+            "unhandled %s on %s",
+            type(exc).__name__,
+            request.url.path,
+            exc_info=exc,
+            extra={"request_id": context.request_id},
+        )
     context.error_type = error.error_type
     metrics = getattr(request.app.state, "metrics", None)
     if metrics is not None:

@@ -84,9 +84,11 @@ def explain_prediction(
     if not agrees:
         logger.warning(
             "the Keras twin of model %s predicts %s where ONNX predicts %s",
-            model.name, model.classes[twin_index], prediction.label,
+            model.name,
+            model.classes[twin_index],
+            prediction.label,
             extra={"model": model.name, "label": prediction.label},
-        )  # fmt: skip
+        )
     height, width = prediction.image.shape[:2]
     return GradcamOutcome(
         png=png,

@@ -16,9 +16,17 @@ from service.request_context import RequestContext
 
 ACCESS_LOGGER: Final = "service.access"
 LOG_FIELDS: Final = (
-    "request_id", "method", "route", "status", "model", "version", "label", "error_type", "latency_ms",
+    "request_id",
+    "method",
+    "route",
+    "status",
+    "model",
+    "version",
+    "label",
+    "error_type",
+    "latency_ms",
     "providers",
-)  # fmt: skip
+)
 
 access_logger = logging.getLogger(ACCESS_LOGGER)
 

@@ -116,10 +116,13 @@ class ServedModel:
             )
         self.session = session
         self.provider = session.get_providers()[0]
-        logger.info(
-            "model %s %s opened with providers %s", self.name, self.version, session.get_providers(),
+        logger.debug(
+            "model %s %s opened with providers %s",
+            self.name,
+            self.version,
+            session.get_providers(),
             extra={"model": self.name, "version": self.version, "providers": session.get_providers()},
-        )  # fmt: skip
+        )
 
     def warm_up(self) -> None:
         """Run one dummy image through the session: first runs allocate memory and pick kernels."""
@@ -185,9 +188,11 @@ class ModelRepository:
                 logger.exception("warm-up of model %s failed", model.name)
                 return
             logger.info(
-                "model %s warmed in %.0f ms", model.name, (time.perf_counter() - started) * 1000,
+                "model %s warmed in %.0f ms",
+                model.name,
+                (time.perf_counter() - started) * 1000,
                 extra={"model": model.name},
-            )  # fmt: skip
+            )
 
 
 def open_model_repository(path: Path, default_model: str | None, config: SessionConfig) -> ModelRepository:
@@ -206,8 +211,7 @@ def open_model_repository(path: Path, default_model: str | None, config: Session
     if not entries:
         raise ModelRepositoryError(f"The model repository {path.resolve()} holds no model: {hint}.")
     models: dict[str, ServedModel] = {}
-    for entry in entries:
-        model = _open_entry(entry)
+    for model in [_open_entry(entry) for entry in entries]:  # every manifest is checked before any session
         try:
             model.load(config)
         except ModelRepositoryError:
@@ -229,7 +233,8 @@ def _open_entry(entry: Path) -> ServedModel:
     try:
         manifest = load_entry(entry)
     except ManifestError as error:
-        raise ModelRepositoryError(f"The model repository cannot be served because {error}") from None
+        reason = str(error).rstrip(".")
+        raise ModelRepositoryError(f"The model repository cannot be served because {reason}.") from None
     try:
         return ServedModel.from_manifest(manifest, entry)
     except ValueError as error:

@@ -12,13 +12,19 @@ from service.schemas import LivenessResponse, ModelReadiness, ReadinessResponse
 router = APIRouter(prefix="/health", tags=["health"])
 
 
-@router.get("/live", summary="Liveness", response_model=LivenessResponse)
+@router.get("/live", summary="Liveness", operation_id="live", response_model=LivenessResponse)
 async def live() -> LivenessResponse:
     """200 whenever the process answers."""
     return LivenessResponse(status="alive")
 
 
-@router.get("/ready", summary="Readiness", response_model=ReadinessResponse, responses=error_responses(503))
+@router.get(
+    "/ready",
+    summary="Readiness",
+    operation_id="ready",
+    response_model=ReadinessResponse,
+    responses=error_responses(503),
+)
 async def ready(request: Request) -> ReadinessResponse:
     """200 once every model is loaded and warmed; 503 until then (send no predictions before)."""
     repository: ModelRepository | None = getattr(request.app.state, "repository", None)

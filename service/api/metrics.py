@@ -19,6 +19,7 @@ _EXAMPLE = (
 @router.get(
     "/metrics",
     summary="Prometheus metrics",
+    operation_id="metrics",
     response_class=Response,
     responses={
         200: {

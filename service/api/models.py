@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path
 
 from service.api.deps import RepositoryDep, require_api_key
 from service.api.responses import error_responses
@@ -12,7 +14,23 @@ from service.schemas import InputSpec, ModelDetail, ModelList, ModelSummary
 router = APIRouter(prefix="/models", tags=["models"], dependencies=[Depends(require_api_key)])
 
 
-@router.get("", summary="List the models", response_model=ModelList, responses=error_responses(401, 503))
+ModelName = Annotated[
+    str,
+    Path(
+        description="Name of the model, as listed by GET /models.",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        examples=["mobilenetv2-4class"],
+    ),
+]
+
+
+@router.get(
+    "",
+    summary="List the models",
+    operation_id="listModels",
+    response_model=ModelList,
+    responses=error_responses(401, 503),
+)
 async def list_models(repository: RepositoryDep) -> ModelList:
     """Every model of the repository, with its classes, input size and readiness."""
     return ModelList(
@@ -24,10 +42,11 @@ async def list_models(repository: RepositoryDep) -> ModelList:
 @router.get(
     "/{name}",
     summary="Describe one model",
+    operation_id="getModel",
     response_model=ModelDetail,
-    responses=error_responses(401, 404, 503),
+    responses=error_responses(401, 404, 422, 503),
 )
-async def get_model(name: str, repository: RepositoryDep) -> ModelDetail:
+async def get_model(name: ModelName, repository: RepositoryDep) -> ModelDetail:
     """One model with its whole manifest: evaluation figures and their split, parity check, versions."""
     model = repository.get(name)
     return ModelDetail(**_summary(model, repository).model_dump(), manifest=model.manifest)

@@ -29,26 +29,33 @@ FileField = Annotated[
 ]
 ModelQuery = Annotated[
     str | None,
-    Query(description="Model to use (see GET /models); omitted: the service's default model.",
-          examples=["mobilenetv2-4class"]),
-]  # fmt: skip
+    Query(
+        description="Model to use (see GET /models); omitted: the service's default model.",
+        examples=["mobilenetv2-4class"],
+    ),
+]
 GradcamQuery = Annotated[
     bool | None,
-    Query(description="Whether to return a Grad-CAM heat map (true/false); omitted: the service's default "
-                      "(MRI_GRADCAM_DEFAULT, normally false). Grad-CAM adds about a second on a CPU.",
-          examples=[True]),
-]  # fmt: skip
+    Query(
+        description="Whether to return a Grad-CAM heat map (true/false); omitted: the service's default "
+        "(MRI_GRADCAM_DEFAULT, normally false). Grad-CAM costs a Keras forward and backward pass.",
+        examples=[True],
+    ),
+]
 GradcamClassQuery = Annotated[
     str | None,
-    Query(description="Class whose Grad-CAM to compute instead of the predicted one (one of the model's "
-                      "classes); implies gradcam=true.",
-          examples=["meningioma"]),
-]  # fmt: skip
+    Query(
+        description="Class whose Grad-CAM to compute instead of the predicted one (one of the model's "
+        "classes); implies gradcam=true.",
+        examples=["meningioma"],
+    ),
+]
 
 
 @router.post(
     "/predict",
     summary="Classify one brain MRI slice",
+    operation_id="predict",
     response_model=PredictResponse,
     responses=error_responses(400, 401, 404, 413, 415, 422, 429, 500, 503),
 )

@@ -46,7 +46,7 @@ ERROR_EXAMPLES: Final[Mapping[int, Mapping[str, str]]] = {
 _DESCRIPTIONS: Final[Mapping[int, str]] = {
     400: "The upload is not a decodable image (empty, truncated, corrupt, not an image, or too small).",
     401: "API keys are configured and X-API-Key is missing or wrong.",
-    404: "Unknown model.",
+    404: "Unknown model (or unknown route).",
     413: "Too many bytes (upload limit) or too many pixels (declared in the image header).",
     415: "Not multipart/form-data, or an image format the service does not read (GIF, WebP...).",
     422: "A field or query parameter is missing or invalid.",

@@ -7,7 +7,9 @@ name) and ``tiny-binary``. The point is the service's plumbing, not accuracy.
 
 from __future__ import annotations
 
+import os
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -56,10 +58,12 @@ def _write_entry(repository: Path, name: str, task: str) -> None:
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, (32, SIZE, SIZE, 3)).astype(np.float32)
     labels = rng.integers(0, len(classes), 32)
-    model.fit(images, labels, batch_size=8, epochs=1, verbose=0)  # a few steps: weights that are not the init
     entry = repository / name
     entry.mkdir(parents=True)
-    model.save(entry / "model.keras")
+    with warnings.catch_warnings():  # Keras 3.15 on NumPy 2: a DeprecationWarning about __array__(copy=)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        model.fit(images, labels, batch_size=8, epochs=1, verbose=0)  # a few steps: not the initial weights
+        model.save(entry / "model.keras")
     onnx.save(convert_keras_to_onnx(model), entry / "model.onnx")
     manifest = {
         "format": FORMAT,
@@ -67,10 +71,21 @@ def _write_entry(repository: Path, name: str, task: str) -> None:
         "version": "0.0.1-test",
         "task": task,
         "classes": classes,
-        "input": {"height": SIZE, "width": SIZE, "channels": 3, "layout": "NHWC", "dtype": "float32",
-                  "range": [0, 255]},
+        "input": {
+            "height": SIZE,
+            "width": SIZE,
+            "channels": 3,
+            "layout": "NHWC",
+            "dtype": "float32",
+            "range": [0, 255],
+        },
         "preprocessing": make_recipe("crop", SIZE).to_dict(),
-        "onnx": {**file_record(entry / "model.onnx"), "opset": OPSET, "input": "image", "output": "probabilities"},
+        "onnx": {
+            **file_record(entry / "model.onnx"),
+            "opset": OPSET,
+            "input": "image",
+            "output": "probabilities",
+        },
         "keras": {**file_record(entry / "model.keras"), "gradcam_layer": GRADCAM_LAYER},
         "backbone": "tiny-cnn",
         "head": "gap-softmax",
@@ -78,9 +93,17 @@ def _write_entry(repository: Path, name: str, task: str) -> None:
         "evaluation": {"split": {"path": "synthetic", "sha256": "0" * 64}, "test": {"accuracy": 0.25}},
         "parity": {"images": 1, "max_abs_diff": 0.0, "argmax_agreement": 1.0, "tolerance": 1e-4},
         "created": "2024-01-01T00:00:00Z",
-    }  # fmt: skip
+    }
     assert validate_manifest(manifest, entry) == []
     write_manifest(entry / "manifest.json", manifest)
+
+
+@pytest.fixture(autouse=True)
+def _no_service_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests set the service's settings themselves; an operator's MRI_* variables must not leak in."""
+    for name in os.environ:
+        if name.startswith("MRI_") and name != "MRI_DATA_ROOT":
+            monkeypatch.delenv(name)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Every bad input is a 4xx JSON error with a sentence, never a 500, and the service stays ready afterwards."""
+"""Every bad input is a 4xx JSON error with a sentence, never a 500, and the service stays ready after."""
 
 from __future__ import annotations
 
@@ -69,16 +69,40 @@ def _post(client: TestClient, name: str, data: bytes, content_type: str = "image
     ("data", "name", "content_type", "status", "error_type", "words"),
     [
         (b"", "empty.jpg", "image/jpeg", 400, "invalid_image", "empty"),
-        (b"patient notes: nothing to see\n", "notes.txt", "text/plain", 400, "invalid_image", "not a recognised"),
+        (
+            b"patient notes: nothing to see\n",
+            "notes.txt",
+            "text/plain",
+            400,
+            "invalid_image",
+            "not a recognised",
+        ),
         (HTML, "scan.html", "text/html", 400, "invalid_image", "not a recognised"),
         (_forged_png(0, 0), "zero.png", "image/png", 400, "invalid_image", "0 x 0"),
         (_forged_png(1, 1), "one.png", "image/png", 400, "invalid_image", "too small"),
         (_forged_png(60000, 60000), "bomb.png", "image/png", 413, "image_too_large", "60000 x 60000"),
         (GIF_1X1, "scan.gif", "image/gif", 415, "unsupported_media_type", "GIF"),
-        (_dicom_without_pixels(), "slice.dcm", "application/dicom", 400, "invalid_image", NO_PIXEL_DATA_MESSAGE),
+        (
+            _dicom_without_pixels(),
+            "slice.dcm",
+            "application/dicom",
+            400,
+            "invalid_image",
+            NO_PIXEL_DATA_MESSAGE,
+        ),
         (b"not dicom at all", "slice.dcm", "application/dicom", 400, "invalid_image", "DICOM"),
     ],
-    ids=["empty", "text", "html", "zero-size", "1x1", "forged-huge-header", "gif", "dicom-no-pixels", "not-dicom"],
+    ids=[
+        "empty",
+        "text",
+        "html",
+        "zero-size",
+        "1x1",
+        "forged-huge-header",
+        "gif",
+        "dicom-no-pixels",
+        "not-dicom",
+    ],
 )
 def test_bad_upload_is_a_clear_4xx(
     client: TestClient, data: bytes, name: str, content_type: str, status: int, error_type: str, words: str
@@ -137,10 +161,17 @@ def test_non_boolean_gradcam_is_422(client: TestClient, brain_png: bytes, value:
 
 
 def test_unknown_gradcam_class_is_422_with_the_valid_names(client: TestClient, brain_png: bytes) -> None:
-    sentence = assert_error(_post(client, "x.png", brain_png, gradcam_class="tumour"), 422, "validation_error")
+    sentence = assert_error(
+        _post(client, "x.png", brain_png, gradcam_class="tumour"), 422, "validation_error"
+    )
     assert "glioma, meningioma, no_tumor, pituitary" in sentence
     contradiction = _post(client, "x.png", brain_png, gradcam="false", gradcam_class="glioma")
     assert "gradcam=false" in assert_error(contradiction, 422, "validation_error")
+
+
+def test_malformed_model_name_in_the_path_is_422(client: TestClient) -> None:
+    sentence = assert_error(client.get("/models/bad name!"), 422, "validation_error")
+    assert "path parameter 'name'" in sentence and "'bad name!'" in sentence
 
 
 def test_unknown_route_and_wrong_method(client: TestClient) -> None:
@@ -159,7 +190,7 @@ def test_upload_over_the_byte_limit_is_413(make_client: Callable[..., TestClient
 
 
 async def _call_asgi(app: FastAPI, headers: list[tuple[bytes, bytes]], chunks: int) -> tuple[int, int, bytes]:
-    """POST /predict of a file part streamed in up to ``chunks`` 64 KiB chunks; (status, chunks read, body)."""
+    """POST /predict, a file part streamed in up to ``chunks`` 64 KiB chunks; (status, chunks read, body)."""
     read = 0
     sent: list[dict[str, Any]] = []
     part_head = b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n\r\n'
@@ -174,17 +205,28 @@ async def _call_asgi(app: FastAPI, headers: list[tuple[bytes, bytes]], chunks: i
         sent.append(message)
 
     scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-        "path": "/predict", "raw_path": b"/predict", "query_string": b"", "root_path": "",
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/predict",
+        "raw_path": b"/predict",
+        "query_string": b"",
+        "root_path": "",
         "headers": [(b"content-type", b"multipart/form-data; boundary=xyz"), *headers],
-        "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80), "state": {},
-    }  # fmt: skip
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+        "state": {},
+    }
     await app(scope, receive, send)
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     return sent[0]["status"], read, body
 
 
-def test_huge_declared_upload_is_refused_before_reading_a_byte(make_client: Callable[..., TestClient]) -> None:
+def test_huge_declared_upload_is_refused_before_reading_a_byte(
+    make_client: Callable[..., TestClient],
+) -> None:
     client = make_client(max_upload_bytes=1_000_000)
     assert client.portal is not None
     headers = [(b"content-length", b"10000000000")]  # 10 GB declared

@@ -1,9 +1,10 @@
-"""POST /predict end to end through TestClient: real MRI slices, their quirks, Grad-CAM, DICOM, concurrency."""
+"""POST /predict end to end through TestClient: real slices and their quirks, Grad-CAM, DICOM, concurrency."""
 
 from __future__ import annotations
 
 import base64
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from pydicom.data import get_testdata_file
 
 from exporter.manifest import load_entry
 from service.app import create_app
+from service.explanations import GradcamEngines
 from service.model_repository import ServedModel
 from service.schemas import DISCLAIMER
 from service.settings import Settings
@@ -32,22 +34,23 @@ SARTAJ_SLICES = [
     "sartaj-brain-tumor-mri/Testing/no_tumor/image(1).jpg",
     "sartaj-brain-tumor-mri/Testing/pituitary_tumor/image(1).jpg",
 ]
-PNG_UNDER_JPG_NAME = [
-    "br35h/no/no396.jpg", "br35h/no/no400.jpg", "br35h/no/no401.jpg", "br35h/no/no408.jpg", "br35h/no/no409.jpg",
-    "br35h/yes/y355.jpg", "br35h/yes/y549.jpg", "br35h/yes/y623.jpg", "br35h/yes/y682.jpg", "br35h/yes/y885.jpg",
-    "br35h/yes/y1163.jpg", "br35h/yes/y1264.jpg", "br35h/yes/y1349.jpg",
-]  # fmt: skip
+PNG_UNDER_JPG_NAME = [f"br35h/no/no{n}.jpg" for n in (396, 400, 401, 408, 409)] + [
+    f"br35h/yes/y{n}.jpg" for n in (355, 549, 623, 682, 885, 1163, 1264, 1349)
+]
 GREYSCALE = ["br35h/yes/y1071.jpg", "br35h/yes/y1301.jpg", "br35h/no/no388.jpg"]
 RGBA = ["br35h/no/no400.jpg", "br35h/no/no408.jpg", "br35h/no/no409.jpg", "br35h/pred/pred47.jpg"]
 NAME_WITH_SPACES = "sartaj-brain-tumor-mri/Training/glioma_tumor/gg (1).jpg"
 
 
-def predict(client: TestClient, data: bytes, name: str = "slice.jpg", content_type: str = "image/jpeg",
-            **params: str) -> Any:  # fmt: skip
+def predict(
+    client: TestClient, data: bytes, name: str = "slice.jpg", content_type: str = "image/jpeg", **params: str
+) -> Any:
     return client.post("/predict", files={"file": (name, data, content_type)}, params=params)
 
 
-def assert_prediction(response: Any, model: str = "tiny-4class", classes: list[str] = FOUR_CLASSES) -> dict[str, Any]:
+def assert_prediction(
+    response: Any, model: str = "tiny-4class", classes: list[str] = FOUR_CLASSES
+) -> dict[str, Any]:
     """A 200 that follows the contract; returns the body."""
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
@@ -65,7 +68,9 @@ def assert_prediction(response: Any, model: str = "tiny-4class", classes: list[s
     return body
 
 
-def test_the_answer_follows_the_contract(client: TestClient, brain_png: bytes, model_repository: Path) -> None:
+def test_the_answer_follows_the_contract(
+    client: TestClient, brain_png: bytes, model_repository: Path
+) -> None:
     body = assert_prediction(predict(client, brain_png, "slice.png", "image/png"))
     assert body["model"] == {
         "name": "tiny-4class",
@@ -81,14 +86,18 @@ def test_the_answer_matches_onnx_runtime_on_the_preprocessed_image(
     from service.model_repository import SessionConfig
     from service.preprocessing import apply_recipe, decode_image
 
-    model = ServedModel.from_manifest(load_entry(model_repository / "tiny-4class"), model_repository / "tiny-4class")
+    model = ServedModel.from_manifest(
+        load_entry(model_repository / "tiny-4class"), model_repository / "tiny-4class"
+    )
     model.load(SessionConfig())
     expected = model.predict(apply_recipe(decode_image(brain_png), model.recipe)[np.newaxis])[0]
     body = assert_prediction(predict(client, brain_png, "slice.png", "image/png"))
     assert list(body["probabilities"].values()) == pytest.approx(expected.tolist(), abs=1e-6)
 
 
-def test_model_query_and_default_model_setting(make_client: Callable[..., TestClient], brain_png: bytes) -> None:
+def test_model_query_and_default_model_setting(
+    make_client: Callable[..., TestClient], brain_png: bytes
+) -> None:
     binary = ["no_tumor", "tumor"]
     client = make_client()
     assert_prediction(predict(client, brain_png, model="tiny-binary"), "tiny-binary", binary)
@@ -98,7 +107,7 @@ def test_model_query_and_default_model_setting(make_client: Callable[..., TestCl
 
 
 @pytest.mark.realdata
-@pytest.mark.parametrize("relative", SARTAJ_SLICES + ["br35h/yes/y0.jpg", "br35h/no/No12.jpg"])
+@pytest.mark.parametrize("relative", [*SARTAJ_SLICES, "br35h/yes/y0.jpg", "br35h/no/No12.jpg"])
 def test_real_mri_slices(client: TestClient, data_root: Path, relative: str) -> None:
     assert_prediction(predict(client, (data_root / relative).read_bytes(), Path(relative).name))
 
@@ -149,7 +158,9 @@ def _decode_png(body: dict[str, Any]) -> npt.NDArray[np.uint8]:
 
 
 @pytest.mark.realdata
-def test_gradcam_png_decodes_has_the_original_size_and_agrees_with_onnx(client: TestClient, data_root: Path) -> None:
+def test_gradcam_png_decodes_has_the_original_size_and_agrees_with_onnx(
+    client: TestClient, data_root: Path
+) -> None:
     data = (data_root / SARTAJ_SLICES[3]).read_bytes()  # 488 x 512: not square
     height, width = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR).shape[:2]
     body = assert_prediction(predict(client, data, gradcam="true"))
@@ -176,6 +187,28 @@ def test_gradcam_default_setting(make_client: Callable[..., TestClient], brain_p
     client = make_client(gradcam_default=True)  # the Keras twins are warmed before ready
     assert assert_prediction(predict(client, brain_png))["gradcam"] is not None
     assert assert_prediction(predict(client, brain_png, gradcam="false"))["gradcam"] is None
+
+
+def test_a_twin_that_disagrees_with_onnx_is_reported_and_logged(
+    client: TestClient, brain_png: bytes, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    label = assert_prediction(predict(client, brain_png))["label"]
+    other = next(index for index, name in enumerate(FOUR_CLASSES) if name != label)
+
+    class DisagreeingEngine:
+        def compute(self, x: npt.NDArray[np.float32], class_index: int | None = None) -> Any:
+            from service.gradcam import GradcamResult
+
+            probabilities = np.full(4, 0.1, np.float32)
+            probabilities[other] = 0.7
+            heatmap = np.linspace(0, 1, 36, dtype=np.float32).reshape(6, 6)
+            return GradcamResult(heatmap, other if class_index is None else class_index, probabilities)
+
+    monkeypatch.setattr(GradcamEngines, "for_model", lambda self, model: DisagreeingEngine())
+    with caplog.at_level(logging.WARNING, logger="service.gradcam"):
+        body = assert_prediction(predict(client, brain_png, gradcam="true"))
+    assert body["label"] == label and body["gradcam"]["agrees_with_onnx"] is False
+    assert any("Keras twin of model tiny-4class predicts" in r.getMessage() for r in caplog.records)
 
 
 def test_request_id_is_echoed_when_sane(client: TestClient, brain_png: bytes) -> None:
@@ -241,12 +274,16 @@ def test_bundled_models_label_held_out_slices(data_root: Path) -> None:
             time.sleep(0.1)
         for manifest_path in _bundled_entries():
             manifest = json.loads(manifest_path.read_text())
-            split = json.loads((REPO_ROOT / manifest["evaluation"]["split"]["path"]).read_text())  # abs. stays
+            split = json.loads(
+                (REPO_ROOT / manifest["evaluation"]["split"]["path"]).read_text()
+            )  # abs. stays
             roots = [data_root / Path(root).name for root in split["roots"]]
             items = split["subsets"]["test"][::7][:24]  # spread over the (label-sorted) test subset
             correct = 0
             for item in items:
-                response = predict(client, (roots[item["root"]] / item["path"]).read_bytes(), model=manifest["name"])
+                response = predict(
+                    client, (roots[item["root"]] / item["path"]).read_bytes(), model=manifest["name"]
+                )
                 body = assert_prediction(response, manifest["name"], manifest["classes"])
                 correct += body["label"] == item["label"]
             floor = max(0.5, manifest["evaluation"]["test"]["accuracy"] - 0.25)
