@@ -78,7 +78,7 @@ def explain_prediction(
             f"Grad-CAM is unavailable for model {model.name} (the failure was logged); "
             "ask again without gradcam=true."
         ) from None
-    png = render_overlay_png(prediction.image, result.heatmap)
+    png = render_overlay_png(prediction.image, result.heatmap, region=prediction.region)
     twin_index = int(np.argmax(result.probabilities))
     agrees = twin_index == prediction.class_index
     if not agrees:

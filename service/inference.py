@@ -20,7 +20,7 @@ from service.errors import OverloadedError
 from service.explanations import GradcamEngines, GradcamOutcome, explain_prediction
 from service.metrics import ServiceMetrics
 from service.model_repository import ServedModel
-from service.preprocessing import apply_recipe, decode_image
+from service.preprocessing import BoundingBox, apply_recipe_with_region, decode_image
 
 
 class PredictionLimiter:
@@ -60,6 +60,7 @@ class Prediction:
     probabilities: npt.NDArray[np.float32]  # (C,)
     image: npt.NDArray[np.uint8]  # (H, W, 3) the decoded upload
     model_input: npt.NDArray[np.float32]  # (1, height, width, 3)
+    region: BoundingBox  # (x0, y0, x1, y1) of ``image`` that ``model_input`` shows (the brain crop, or all)
     decode_s: float
     preprocess_s: float
     inference_s: float
@@ -100,7 +101,8 @@ def predict_upload(
     started = time.perf_counter()
     image = decode_upload(data, content_type, max_pixels=max_pixels)  # (H, W, 3) uint8
     decoded = time.perf_counter()
-    model_input = apply_recipe(image, model.recipe)[np.newaxis]  # (1, height, width, 3) float32
+    single_input, region = apply_recipe_with_region(image, model.recipe)  # (height, width, 3) float32
+    model_input = single_input[np.newaxis]  # (1, height, width, 3)
     preprocessed = time.perf_counter()
     probabilities = model.predict(model_input)[0]  # (C,)
     finished = time.perf_counter()
@@ -109,6 +111,7 @@ def predict_upload(
         probabilities=probabilities,
         image=image,
         model_input=model_input,
+        region=region,
         decode_s=decoded - started,
         preprocess_s=preprocessed - decoded,
         inference_s=finished - preprocessed,

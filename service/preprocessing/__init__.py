@@ -14,7 +14,14 @@ from service.preprocessing.errors import (
 from service.preprocessing.filters import bilateral_filter, resize_to, stretch_contrast
 from service.preprocessing.formats import sniff_format, sniff_unsupported_format
 from service.preprocessing.headers import read_dimensions
-from service.preprocessing.recipes import RECIPE_NAMES, Recipe, apply_recipe, make_recipe, preprocess_bytes
+from service.preprocessing.recipes import (
+    RECIPE_NAMES,
+    Recipe,
+    apply_recipe,
+    apply_recipe_with_region,
+    make_recipe,
+    preprocess_bytes,
+)
 from service.preprocessing.steps import STEP_NAMES, Step
 
 __all__ = [
@@ -30,6 +37,7 @@ __all__ = [
     "Step",
     "UnsupportedImageFormatError",
     "apply_recipe",
+    "apply_recipe_with_region",
     "bilateral_filter",
     "brain_bounding_box",
     "crop_to_brain",

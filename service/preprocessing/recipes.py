@@ -16,11 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import numpy as np
 import numpy.typing as npt
 
+from service.preprocessing.crop import BoundingBox, brain_bounding_box
 from service.preprocessing.decode import DEFAULT_MAX_PIXELS, decode_image
 from service.preprocessing.filters import Image, resize_to
 from service.preprocessing.steps import STEP_SPECS, ParamValue, Step
@@ -91,14 +92,35 @@ def make_recipe(name: str, size: tuple[int, int] | int, **overrides: ParamValue)
 
 def apply_recipe(rgb: npt.NDArray[np.uint8], recipe: Recipe) -> npt.NDArray[np.float32]:
     """uint8 RGB (H, W, 3) -> float32 (height, width, 3) in [0, 255]: one image's model input, no batch."""
+    return apply_recipe_with_region(rgb, recipe)[0]
+
+
+def apply_recipe_with_region(
+    rgb: npt.NDArray[np.uint8], recipe: Recipe
+) -> tuple[npt.NDArray[np.float32], BoundingBox]:
+    """:func:`apply_recipe`, and the region ``(x0, y0, x1, y1)`` (end-exclusive) of ``rgb`` the input shows.
+
+    The region is the whole image unless a crop step found the brain; a heatmap of the model input belongs
+    over that region of the original, not over the whole image.
+    """
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"apply_recipe needs a uint8 RGB (H, W, 3) array, not {rgb.dtype} {rgb.shape}.")
     image: Image = rgb
+    x0, y0, x1, y1 = 0, 0, rgb.shape[1], rgb.shape[0]
     for step in recipe.steps:
-        image = step.apply(image)  # (h', w', 3), uint8 or float32
+        if step.name == "crop_to_brain":
+            # the box in the coordinates of ``image``, or None; a float image is clipped to uint8 inside
+            kwargs = cast("dict[str, Any]", step.kwargs)
+            box = brain_bounding_box(cast("npt.NDArray[np.uint8]", image), **kwargs)
+            if box is not None:
+                bx0, by0, bx1, by1 = box
+                image = image[by0:by1, bx0:bx1]  # (by1 - by0, bx1 - bx0, 3), as crop_to_brain returns
+                x0, y0, x1, y1 = x0 + bx0, y0 + by0, x0 + bx1, y0 + by1
+            continue
+        image = step.apply(image)  # (h', w', 3), uint8 or float32; the other steps keep the geometry
     # resizing in float32 keeps the fractions that averaging produces, whatever the last step returned
     resized = resize_to(image.astype(np.float32, copy=False), recipe.size)  # (height, width, 3) float32
-    return np.ascontiguousarray(np.clip(resized, 0.0, 255.0, out=resized))
+    return np.ascontiguousarray(np.clip(resized, 0.0, 255.0, out=resized)), (x0, y0, x1, y1)
 
 
 def preprocess_bytes(

@@ -17,7 +17,7 @@ import pytest
 import service.gradcam
 from service.gradcam import GradcamEngine, GradcamError, build_grad_model, make_gradcam_heatmap
 from service.gradcam_render import render_overlay_png
-from service.preprocessing import apply_recipe, decode_image, make_recipe
+from service.preprocessing import apply_recipe, apply_recipe_with_region, decode_image, make_recipe
 
 SIZE = 64
 LAYER = "conv2"
@@ -237,3 +237,22 @@ def test_overlay_colours_are_hot_red_cold_blue(hot_corner: npt.NDArray[np.float3
     assert blue > green + 30 and blue > red + 30  # JET's cold end is dark blue (0, 0, 128)
     with pytest.raises(ValueError, match="uint8 RGB"):
         render_overlay_png(grey[..., 0], hot_corner)
+
+
+@pytest.mark.realdata
+def test_overlay_covers_only_the_region_the_model_saw(
+    data_root: Path, hot_corner: npt.NDArray[np.float32]
+) -> None:
+    original = decode_image((data_root / SLICE).read_bytes())  # (H, W, 3)
+    _, region = apply_recipe_with_region(original, make_recipe("crop", 64))
+    x0, y0, x1, y1 = region
+    assert (x1 - x0, y1 - y0) != (original.shape[1], original.shape[0])  # the crop found the brain
+    png = render_overlay_png(original, hot_corner, region=region)
+    rgb = cv2.cvtColor(cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    outside = np.ones(original.shape[:2], bool)
+    outside[y0:y1, x0:x1] = False
+    np.testing.assert_array_equal(rgb[outside], original[outside])  # untouched outside the crop
+    red, green, blue = (int(v) for v in rgb[y0 + 2, x0 + 2])  # the hot corner sits at the crop's corner
+    assert red > green + 30 and red > blue + 30
+    with pytest.raises(ValueError, match="does not lie inside"):
+        render_overlay_png(original, hot_corner, region=(0, 0, original.shape[1] + 1, 10))

@@ -17,6 +17,8 @@ from service.preprocessing import (
     Recipe,
     Step,
     apply_recipe,
+    apply_recipe_with_region,
+    brain_bounding_box,
     crop_to_brain,
     decode_image,
     make_recipe,
@@ -251,3 +253,16 @@ def test_steps_in_any_order_keep_the_output_contract() -> None:
     x = apply_recipe(rgb, recipe)
     assert x.dtype == np.float32 and x.shape == (64, 64, 3) and x.min() >= 0.0 and x.max() <= 255.0
     assert _json_round_trip(recipe) == recipe
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("name", RECIPE_NAMES)
+def test_the_region_is_the_crop_box_or_the_whole_image(name: str, slices: dict[str, bytes]) -> None:
+    for data in slices.values():
+        rgb = decode_image(data)
+        recipe = make_recipe(name, 96)
+        model_input, region = apply_recipe_with_region(rgb, recipe)
+        np.testing.assert_array_equal(model_input, apply_recipe(rgb, recipe))
+        whole = (0, 0, rgb.shape[1], rgb.shape[0])
+        expected = (brain_bounding_box(rgb) or whole) if name.startswith("crop") else whole
+        assert region == expected

@@ -150,9 +150,9 @@ def build_model(
 def _quicken_batchnorm(model: keras.Model) -> None:
     """Random init: BatchNorm moving statistics must follow the weights within an epoch, not a thousand steps.
 
-    Keras applications use momentum 0.99-0.999, made for long ImageNet runs; from scratch on ~80 steps per epoch the
-    moving statistics lag so far behind that validation (inference mode) predicts one class for many epochs while
-    training accuracy climbs. 0.9 averages over about ten steps.
+    Keras applications use momentum 0.99-0.999, made for long ImageNet runs; from scratch on ~80 steps per
+    epoch the moving statistics lag so far behind that validation (inference mode) predicts one class for many
+    epochs while training accuracy climbs. 0.9 averages over about ten steps.
     """
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
