@@ -149,7 +149,10 @@ def test_imagenet_download_failure_is_a_clear_sentence(monkeypatch: pytest.Monke
     assert message.startswith(
         "the ImageNet weights of mobilenetv2 could not be downloaded (URL fetch failure"
     )
-    assert message.endswith("pass its path with --weights, or use --weights none")
+    assert message.endswith(
+        "pass its path with --weights, use --backbone efficientnet_lite0 --weights imagenet-offline, "
+        "or use --weights none"
+    )
     assert "\n" not in message
 
 
