@@ -141,7 +141,9 @@ def fill_entry(
     )
     latency = {**latency_note(), "onnx_ms": median_latency_ms(session, sample.images[0])}
 
-    shutil.copy2(run_dir / MODEL_FILE, staging / KERAS_FILE)
+    # The twin is the checked model saved again without its optimizer state (Adam keeps two moments per
+    # weight): a third of the run's file, and what Grad-CAM needs is the graph and the weights only.
+    model.save(staging / KERAS_FILE)
     documents = [name for name in DOCUMENTS if (run_dir / name).is_file()]
     for name in documents:
         shutil.copy2(run_dir / name, staging / name)

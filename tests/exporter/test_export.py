@@ -61,7 +61,13 @@ def test_export_writes_an_entry_that_meets_the_contract(exported: Path, tiny_run
     assert manifest["onnx"] == {"file": "model.onnx", "sha256": file_sha256(exported / "model.onnx"),
                                 "size_bytes": (exported / "model.onnx").stat().st_size, "opset": 17,
                                 "input": "image", "output": "probabilities"}  # fmt: skip
-    assert manifest["keras"]["sha256"] == file_sha256(tiny_run / "model.keras")
+    assert manifest["keras"]["sha256"] == file_sha256(exported / "model.keras")
+    # the twin is the run's model without optimizer state: the same weights in a smaller file
+    twin = keras.models.load_model(exported / "model.keras", compile=False)
+    trained = keras.models.load_model(tiny_run / "model.keras", compile=False)
+    for mine, theirs in zip(twin.get_weights(), trained.get_weights(), strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+    assert (exported / "model.keras").stat().st_size < (tiny_run / "model.keras").stat().st_size
     assert manifest["keras"]["gradcam_layer"] == "conv3"
     assert (manifest["backbone"], manifest["head"], manifest["weights_init"]) == (
         "seed002-cnn",
