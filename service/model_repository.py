@@ -226,7 +226,13 @@ def open_model_repository(path: Path, default_model: str | None, config: Session
             f"MRI_DEFAULT_MODEL names {default_model!r}, which is not in the model repository "
             f"{path.resolve()} (it holds {', '.join(models)})."
         )
-    return ModelRepository(path=path, models=models, default_name=default_model or next(iter(models)))
+    return ModelRepository(path=path, models=models, default_name=default_model or _natural_default(models))
+
+
+def _natural_default(models: dict[str, ServedModel]) -> str:
+    """Without MRI_DEFAULT_MODEL: the first 4-class model by name (the main task), else the first."""
+    four_class = [name for name, model in models.items() if model.task == "4class"]
+    return (four_class or list(models))[0]
 
 
 def _open_entry(entry: Path) -> ServedModel:

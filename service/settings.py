@@ -32,7 +32,8 @@ class Settings(BaseSettings):
     """Folder of model entries (``<name>/manifest.json``, ``model.onnx``, ``model.keras``); all are served."""
 
     default_model: str | None = None
-    """Model that answers when a request names none; unset: the only entry, or the first by name."""
+    """Model that answers when a request names none; unset: the first 4-class entry by name, else the first
+    entry."""
 
     host: str = "127.0.0.1"
     """Interface that ``python -m service`` listens on (``0.0.0.0`` exposes it to the network)."""

@@ -316,3 +316,20 @@ def test_sessions_prefer_cuda_when_present_and_never_spin(
         assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
         assert options.get_session_config_entry("session.inter_op.allow_spinning") == "0"
     assert {model.provider for model in repository.models.values()} == {"CPUExecutionProvider"}  # what ran
+
+
+def test_without_a_configured_default_the_4class_model_answers(
+    model_repository: Path, tmp_path: Path
+) -> None:
+    from exporter.manifest import load_manifest, write_manifest
+
+    repository = tmp_path / "models"
+    shutil.copytree(model_repository / "tiny-4class", repository / "tiny-4class")
+    shutil.copytree(model_repository / "tiny-binary", repository / "a-binary")  # first by name
+    manifest = load_manifest(repository / "a-binary")
+    write_manifest(repository / "a-binary" / "manifest.json", {**manifest, "name": "a-binary"})
+
+    assert open_model_repository(repository, None, SessionConfig()).default_name == "tiny-4class"
+    assert open_model_repository(repository, "a-binary", SessionConfig()).default_name == "a-binary"
+    shutil.rmtree(repository / "tiny-4class")
+    assert open_model_repository(repository, None, SessionConfig()).default_name == "a-binary"
