@@ -14,7 +14,7 @@ $(BIN)/python:
 
 # One stamp per extra set, redone whenever pyproject.toml changes.
 $(VENV)/.serve-installed: pyproject.toml | $(BIN)/python
-	$(PIP) install --quiet -e '.[serve,ml]'
+	$(PIP) install --quiet -e '.[serve,gradcam]'
 	touch $@
 
 $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
