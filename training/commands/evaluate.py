@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from training.data import DEFAULT_CACHE_DIR, DEFAULT_WORKERS
+from training.commands.data_options import add_data_options
 from training.splits import SUBSETS
 
 NAME = "evaluate"
@@ -32,16 +32,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     add("--subset", choices=SUBSETS, default="test", help="(default %(default)s)")
     add("--out", type=Path, metavar="DIR", help="where to write the report (default: RUN_DIR)")
-    add(
-        "--cache-dir",
-        type=Path,
-        default=DEFAULT_CACHE_DIR,
-        help="preprocessed-array cache (default %(default)s)",
-    )
-    add("--no-cache", action="store_true", help="neither read nor write the array cache")
-    add("--data-root", type=Path, action="append", metavar="DIR",
-        help="replace the manifest's data roots (repeat, same order) for data that moved")  # fmt: skip
-    add("--workers", type=int, default=DEFAULT_WORKERS, help="preprocessing threads (default %(default)s)")
+    add_data_options(parser)
     parser.set_defaults(handler=run)
 
 

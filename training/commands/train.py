@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from service.preprocessing import RECIPE_NAMES
 from training.augmentation import AUGMENTATION_NAMES
-from training.data import DEFAULT_CACHE_DIR, DEFAULT_WORKERS
+from training.commands.data_options import add_data_options
 from training.errors import TrainingError
 from training.zoo.catalogue import BACKBONE_NAMES, BACKBONES, HEAD_NAMES, HEADS
 
@@ -112,16 +112,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add(
         "--mixed-precision", action="store_true", help="mixed_float16 policy (GPUs); the output stays float32"
     )
-    add(
-        "--cache-dir",
-        type=Path,
-        default=DEFAULT_CACHE_DIR,
-        help="preprocessed-array cache (default %(default)s)",
-    )
-    add("--no-cache", action="store_true", help="neither read nor write the array cache")
-    add("--data-root", type=Path, action="append", metavar="DIR",
-        help="replace the manifest's data roots (repeat, same order) for data that moved")  # fmt: skip
-    add("--workers", type=int, default=DEFAULT_WORKERS, help="preprocessing threads (default %(default)s)")
+    add_data_options(parser)
     add("--keras-verbose", type=int, choices=(0, 1, 2),
         help="Keras fit output: 1 progress bar, 2 a line per epoch (default 1 on a tty, else 2)")  # fmt: skip
     parser.set_defaults(handler=run)

@@ -13,7 +13,6 @@ aside) and every weighted layer of the Keras model is filled, or the conversion 
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import os
 import tempfile
@@ -24,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from training.data import file_sha256
 from training.errors import TrainingError
 from training.pretrained.efficientnet_lite import CLASSIFIER_LAYER, blocks, get_variant
 
@@ -88,14 +88,6 @@ def packaged_state_dict(variant: str) -> Path | None:
         return None
     path = Path(getattr(module, class_name).get_model_file_path())
     return path if path.is_file() else None
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
