@@ -4,69 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import select
-import signal
 import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 SLICES = [
     "sartaj-brain-tumor-mri/Testing/glioma_tumor/image(1).jpg",
     "br35h/yes/y355.jpg",  # PNG data under a .jpg name
     "sartaj-brain-tumor-mri/Training/glioma_tumor/gg (1).jpg",
 ]
-MAX_UPLOAD_BYTES = 2_000_000
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def server(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """(base URL, stderr log file) of a running ``python -m service``; stopped with SIGTERM afterwards."""
-    port = _free_port()
-    log = tmp_path_factory.mktemp("uvicorn") / "stderr.log"
-    env = {
-        **os.environ,
-        "MRI_MODEL_REPOSITORY": str(model_repository),
-        "MRI_HOST": "127.0.0.1",
-        "MRI_PORT": str(port),
-        "MRI_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
-    }
-    with log.open("w") as stderr:
-        process = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO_ROOT, env=env, stderr=stderr)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, f"the service exited: {log.read_text()}"
-            try:
-                if httpx.get(f"{base}/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"not ready after 120 s: {log.read_text()}"
-            time.sleep(0.1)
-        yield base, log
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            # uvicorn re-raises the signal it caught once the graceful shutdown is done
-            assert process.wait(timeout=30) in (0, -signal.SIGTERM), log.read_text()
-            assert "Application shutdown complete." in log.read_text()
-        finally:
-            process.kill()
 
 
 @pytest.mark.realdata
