@@ -18,7 +18,7 @@ $(VENV)/.serve-installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
-	$(PIP) install --quiet -e '.[serve,ml,pretrained,dev]'
+	$(PIP) install --quiet -e '.[serve,ml,pretrained,bench,dev]'
 	touch $@ $(VENV)/.serve-installed
 
 ## serve: set up and serve the model repository (default models/) on http://127.0.0.1:8000
