@@ -25,6 +25,9 @@ FileField = Annotated[
             "The MRI slice: JPEG, PNG, BMP, TIFF (8 or 16 bit, grey, RGB or RGBA) or a single-frame "
             "DICOM file. The format is read from the content, not from the file name or its declared type."
         ),
+        # OpenAPI 3.0's spelling of a file next to FastAPI's 3.1 contentMediaType: generated clients
+        # (openapi-python-client 0.29) type the field as a file only with it
+        json_schema_extra={"format": "binary"},
     ),
 ]
 ModelQuery = Annotated[
