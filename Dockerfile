@@ -1,11 +1,10 @@
-# Brain-tumour MRI inference service: ONNX Runtime serving + the Keras twin for Grad-CAM, bundled models included.
+# Brain-tumour MRI inference service on CPU: ONNX Runtime serving + the Keras twin for Grad-CAM, bundled models.
 #   docker build -t brain-mri .                                   # CPU (onnxruntime)
-#   docker build -t brain-mri-gpu --build-arg RUNTIME=gpu .       # CUDA (onnxruntime-gpu; run with --gpus all)
+#   docker build -f Dockerfile.gpu -t brain-mri-gpu .             # CUDA (onnxruntime-gpu): see Dockerfile.gpu
 # The install step is the one `make serve` runs (pip install '.[serve,gradcam]'), so CI exercises what the image does.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
-ARG RUNTIME=serve
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python -m venv /opt/venv
@@ -13,7 +12,7 @@ COPY pyproject.toml README.md ./
 COPY service ./service
 COPY exporter ./exporter
 COPY training ./training
-RUN /opt/venv/bin/pip install ".[${RUNTIME},gradcam]"
+RUN /opt/venv/bin/pip install ".[serve,gradcam]"
 
 FROM ${PYTHON_IMAGE}
 RUN groupadd --gid 10001 mri && useradd --create-home --uid 10001 --gid 10001 --shell /usr/sbin/nologin mri
