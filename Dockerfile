@@ -21,6 +21,7 @@ COPY --chown=10001:10001 models /srv/models
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     KERAS_BACKEND=tensorflow \
+    MALLOC_ARENA_MAX=2 \
     MRI_MODEL_REPOSITORY=/srv/models \
     MRI_HOST=0.0.0.0 \
     MRI_PORT=8000

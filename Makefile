@@ -22,8 +22,10 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.serve-installed
 
 ## serve: set up and serve the model repository (default models/) on http://127.0.0.1:8000
+# MALLOC_ARENA_MAX=2: glibc otherwise gives each worker thread its own heap arena and resident memory creeps up
+# (python -m service.bench soak measured both; see README)
 serve: $(VENV)/.serve-installed
-	$(BIN)/python -m service
+	MALLOC_ARENA_MAX=$${MALLOC_ARENA_MAX:-2} $(BIN)/python -m service
 
 ## test: set up, then lint, type-check and run the whole test suite against the real data
 test: lint typecheck pytest

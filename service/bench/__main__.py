@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     soak.add_argument("--concurrency", type=_bounded(1, 256), default=4, help="concurrent clients")
     soak.add_argument(
-        "--warmup", type=_bounded(0, 100_000), default=200, help="requests before the first RSS"
+        "--warmup", type=_bounded(0, 100_000), default=1000, help="requests before the first RSS"
     )
     soak.add_argument("--chunk", type=_bounded(1, 100_000), default=500, help="requests between RSS readings")
     soak.add_argument("--gradcam-every", type=_bounded(0, 1_000_000), default=50, help="0: never")

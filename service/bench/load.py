@@ -7,7 +7,6 @@ Prints a table of p50/p95/p99/mean latency, throughput and statuses; writes ``lo
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import json
 import os
@@ -15,13 +14,14 @@ import platform
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
 import httpx
 
-from service.bench.driver import LoadResult, PlannedRequest, client_limits, drive
+from service.bench.driver import PlannedRequest, drive_http
 from service.bench.errors import BenchError
 from service.bench.images import ImageFile, load_images
 from service.bench.plot import plot_load
@@ -82,7 +82,7 @@ def run_load_test(config: LoadConfig) -> dict[str, Any]:
         raise BenchError(f"The service does not serve {', '.join(unknown)}; it serves {', '.join(served)}.")
     started = datetime.now(UTC)
     print(HEADER, flush=True)
-    rows = asyncio.run(_measure(config, images, models, headers))
+    rows = _measure(config, images, models, headers)
     report = {
         "kind": "load",
         "started_utc": started.isoformat(timespec="seconds"),
@@ -120,7 +120,7 @@ def _served_models(url: str, headers: dict[str, str], timeout_s: float) -> list[
     return [model["name"] for model in listing.json()["models"]]
 
 
-async def _measure(
+def _measure(
     config: LoadConfig, images: list[ImageFile], models: list[str], headers: dict[str, str]
 ) -> list[dict[str, Any]]:
     rows = []
@@ -132,30 +132,21 @@ async def _measure(
                 return PlannedRequest(image=images[number % len(images)], params=params)
 
             for concurrency in config.concurrencies:
-                async with httpx.AsyncClient(
-                    base_url=config.url,
+                level = partial(
+                    drive_http,
+                    config.url,
+                    plan,
+                    concurrency=concurrency,
+                    max_seconds=config.duration_s,
+                    timeout_s=config.timeout_s,
                     headers=headers,
-                    timeout=config.timeout_s,
-                    limits=client_limits(concurrency),
-                ) as client:
-                    if config.warmup:
-                        await drive(
-                            client,
-                            plan,
-                            concurrency=concurrency,
-                            max_requests=config.warmup,
-                            max_seconds=config.duration_s,
-                        )
-                    result = await drive(
-                        client,
-                        plan,
-                        concurrency=concurrency,
-                        max_requests=config.requests,
-                        max_seconds=config.duration_s,
-                    )
+                )
+                if config.warmup:
+                    level(max_requests=config.warmup)
+                result = level(max_requests=config.requests)
                 row = {"model": model, "gradcam": gradcam, **result.summary()}
                 rows.append(row)
-                print(format_row(row, result), flush=True)
+                print(format_row(row), flush=True)
     return rows
 
 
@@ -165,7 +156,7 @@ HEADER: Final = (
 )
 
 
-def format_row(row: dict[str, Any], result: LoadResult | None = None) -> str:
+def format_row(row: dict[str, Any]) -> str:
     """One line of the table (print :data:`HEADER` first)."""
     latency = row["latency"] or {}
 

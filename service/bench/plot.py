@@ -13,6 +13,7 @@ def plot_load(rows: Sequence[dict[str, Any]], path: Path, *, title: str) -> None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullLocator, ScalarFormatter
 
     series: dict[tuple[str, bool], list[dict[str, Any]]] = {}
     for row in rows:
@@ -42,9 +43,14 @@ def plot_load(rows: Sequence[dict[str, Any]], path: Path, *, title: str) -> None
         title="Latency",
     )
     throughput_axes.set(xlabel="concurrent clients", ylabel="successful requests / s", title="Throughput")
+    concurrencies = sorted({row["concurrency"] for row in rows})
     for axes in (latency_axes, throughput_axes):
         axes.set_xscale("log", base=2)
+        axes.set_xticks(concurrencies, [str(c) for c in concurrencies])
+        axes.xaxis.set_minor_locator(NullLocator())
         axes.grid(True, which="both", alpha=0.3)
+    latency_axes.yaxis.set_major_formatter(ScalarFormatter())
+    latency_axes.yaxis.set_minor_formatter(ScalarFormatter())
     throughput_axes.legend(fontsize=8)
     figure.suptitle(title)
     figure.tight_layout()

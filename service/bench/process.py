@@ -47,7 +47,6 @@ def running_service(repository: Path, env: Mapping[str, str] | None = None) -> I
         "MRI_MODEL_REPOSITORY": str(repository),
         "MRI_HOST": "127.0.0.1",
         "MRI_PORT": str(port),
-        "MRI_LOG_LEVEL": "warning",  # one access line per request would be measured too
         **(env or {}),
     }
     with tempfile.TemporaryDirectory(prefix="mri-bench-") as folder:

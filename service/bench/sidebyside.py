@@ -8,8 +8,9 @@ Paths, each timed per image at batch 1 after a warm-up:
 3. ``keras_call`` and ``keras_predict``: the model's Keras twin, ``model(x)`` and ``model.predict(x)``;
 4. ``service_in_process``: the FastAPI app in this process (``httpx.ASGITransport``), at concurrency 1 and 8,
    and with Grad-CAM at concurrency 1;
-5. ``service_http``: ``python -m service`` in its own process on loopback, at concurrency 1 and 8, and with
-   Grad-CAM at concurrency 1;
+5. ``service_http``: ``python -m service`` in its own process on loopback, driven by a light client (urllib3,
+   one thread per concurrent client), at concurrency 1 and 8, and with Grad-CAM at concurrency 1, with the CPU
+   time per request of the service process and of the load client (they share the machine);
 
 then peak resident memory of the service process (without and with Grad-CAM) and of this process, and the
 three ratios the project tracks (goals in :data:`GOALS`). Writes ``benchmark.json`` and ``benchmark.md``.
@@ -30,10 +31,11 @@ from typing import Any, Final
 import httpx
 import numpy as np
 import numpy.typing as npt
+import psutil
 
 from exporter.errors import ManifestError
 from exporter.manifest import load_entry
-from service.bench.driver import LoadResult, PlannedRequest, client_limits, drive
+from service.bench.driver import LoadResult, PlannedRequest, client_limits, drive, drive_http, http_floor
 from service.bench.errors import BenchError
 from service.bench.images import ImageFile, load_images
 from service.bench.load import machine
@@ -102,9 +104,17 @@ def run_benchmark(config: BenchmarkConfig) -> dict[str, Any]:
 
     service: dict[str, Any] = {}
     with running_service(config.repository, {"MRI_DEFAULT_MODEL": config.model}) as process:
-        service["http"] = asyncio.run(_service_levels(config, images, base_url=process.url))
+        service["http"] = _service_over_http(config, images, base_url=process.url, pid=process.pid)
         service["peak_rss_mib_without_gradcam"] = mib(peak_rss_bytes(process.pid))
-        service["http"]["gradcam_c1"] = asyncio.run(_gradcam_level(config, images, base_url=process.url))
+        service["http"]["gradcam_c1"] = _http_level(
+            process.url,
+            process.pid,
+            images,
+            concurrency=1,
+            requests=config.gradcam_requests,
+            gradcam=True,
+            max_seconds=config.max_seconds_per_level,
+        )
         service["peak_rss_mib_with_gradcam"] = mib(peak_rss_bytes(process.pid))
     print("service over HTTP done", flush=True)
     service["in_process"] = asyncio.run(_in_process(config, images))
@@ -238,37 +248,54 @@ def _level_summary(result: LoadResult) -> dict[str, Any]:
     return summary
 
 
-async def _service_levels(
-    config: BenchmarkConfig, images: Sequence[ImageFile], base_url: str
+def _http_level(
+    base_url: str,
+    pid: int,
+    images: Sequence[ImageFile],
+    *,
+    concurrency: int,
+    requests: int,
+    gradcam: bool,
+    max_seconds: float,
 ) -> dict[str, Any]:
-    levels = {}
+    plan = _plan(images, gradcam)
+    drive_http(base_url, plan, concurrency=concurrency, max_requests=max(concurrency * 2, 5), max_seconds=60)
+    server = psutil.Process(pid)
+    server_cpu, client_cpu = sum(server.cpu_times()[:2]), time.process_time()
+    result = drive_http(
+        base_url,
+        plan,
+        concurrency=concurrency,
+        max_requests=requests,
+        max_seconds=max_seconds,
+        timeout_s=300,
+        keep_server_timings=True,
+    )
+    server_cpu, client_cpu = sum(server.cpu_times()[:2]) - server_cpu, time.process_time() - client_cpu
+    summary = _level_summary(result)
+    count = max(len(result.samples), 1)
+    summary["cpu_ms_per_request"] = {
+        "service_process": round(server_cpu / count * 1000, 2),
+        "load_client": round(client_cpu / count * 1000, 2),
+    }
+    return summary
+
+
+def _service_over_http(
+    config: BenchmarkConfig, images: Sequence[ImageFile], base_url: str, pid: int
+) -> dict[str, Any]:
+    levels: dict[str, Any] = {"floor_get_health_live": http_floor(base_url).as_dict()}
     for concurrency in (1, HIGH_CONCURRENCY):
-        async with httpx.AsyncClient(
-            base_url=base_url, timeout=120, limits=client_limits(concurrency)
-        ) as client:
-            levels[f"c{concurrency}"] = await _level(
-                client,
-                images,
-                concurrency=concurrency,
-                requests=config.service_requests,
-                gradcam=False,
-                max_seconds=config.max_seconds_per_level,
-            )
-    return levels
-
-
-async def _gradcam_level(
-    config: BenchmarkConfig, images: Sequence[ImageFile], base_url: str
-) -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=base_url, timeout=300, limits=client_limits(1)) as client:
-        return await _level(
-            client,
+        levels[f"c{concurrency}"] = _http_level(
+            base_url,
+            pid,
             images,
-            concurrency=1,
-            requests=config.gradcam_requests,
-            gradcam=True,
+            concurrency=concurrency,
+            requests=config.service_requests,
+            gradcam=False,
             max_seconds=config.max_seconds_per_level,
         )
+    return levels
 
 
 async def _in_process(config: BenchmarkConfig, images: Sequence[ImageFile]) -> dict[str, Any]:
@@ -284,6 +311,13 @@ async def _in_process(config: BenchmarkConfig, images: Sequence[ImageFile]) -> d
             if time.monotonic() > deadline:
                 raise BenchError("The in-process service was not ready after 300 s.")
             await asyncio.sleep(0.05)
+        async with httpx.AsyncClient(transport=transport, base_url="http://in-process") as client:
+            floor = []
+            for _ in range(200):
+                sent = time.perf_counter()
+                await client.get("/health/live")
+                floor.append(time.perf_counter() - sent)
+            levels["floor_get_health_live"] = _summarise(floor)
         for concurrency in (1, HIGH_CONCURRENCY):
             async with httpx.AsyncClient(
                 transport=transport,
@@ -405,6 +439,18 @@ def render_markdown(report: dict[str, Any]) -> str:
         _level_row("service over HTTP, concurrency 1", http["c1"]),
         _level_row(f"service over HTTP, concurrency {HIGH_CONCURRENCY}", http[f"c{HIGH_CONCURRENCY}"]),
         _level_row("service over HTTP, Grad-CAM, concurrency 1", http["gradcam_c1"]),
+        "",
+        f"Client floor (GET /health/live, p50): {http['floor_get_health_live']['p50_ms']:.2f} ms over HTTP "
+        f"(urllib3, threads), {in_process['floor_get_health_live']['p50_ms']:.2f} ms in process "
+        "(httpx.AsyncClient + ASGITransport).",
+        "",
+        "CPU per request over HTTP (ms; service process / load client, which share the machine): "
+        + ", ".join(
+            f"concurrency {level[1:]} {http[level]['cpu_ms_per_request']['service_process']:.1f} / "
+            f"{http[level]['cpu_ms_per_request']['load_client']:.1f}"
+            for level in ("c1", f"c{HIGH_CONCURRENCY}")
+        )
+        + ".",
         "",
         "Server-side stage p50 (ms) over HTTP at concurrency 1: "
         + ", ".join(f"{stage} {ms:.2f}" for stage, ms in http["c1"]["server_stage_p50_ms"].items()),

@@ -9,7 +9,6 @@ and at the end (growth in per cent), every status, and the requests whose status
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -20,9 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
-import httpx
-
-from service.bench.driver import LoadResult, PlannedRequest, client_limits, drive
+from service.bench.driver import LoadResult, PlannedRequest, drive_http
 from service.bench.errors import BenchError
 from service.bench.images import ImageFile, load_images
 from service.bench.load import check_loopback, machine
@@ -44,7 +41,7 @@ class SoakConfig:
     model: str | None = None
     requests: int = 10_000
     concurrency: int = 4
-    warmup: int = 200
+    warmup: int = 1000
     chunk: int = 500
     gradcam_every: int = 50  # 0: never
     bad_every: int = 100  # 0: never
@@ -104,7 +101,7 @@ def run_soak(config: SoakConfig) -> dict[str, Any]:
     images = load_images(config.images, config.image_limit)
     started = datetime.now(UTC)
     with _target(config) as process:
-        report = asyncio.run(_soak(config, images, process))
+        report = _soak(config, images, process)
     report.update(
         {
             "kind": "soak",
@@ -119,52 +116,51 @@ def run_soak(config: SoakConfig) -> dict[str, Any]:
     return report
 
 
-async def _soak(config: SoakConfig, images: Sequence[ImageFile], process: ServiceProcess) -> dict[str, Any]:
+def _soak(config: SoakConfig, images: Sequence[ImageFile], process: ServiceProcess) -> dict[str, Any]:
     rss_ready = rss_bytes(process.pid)
     rss_samples: list[dict[str, Any]] = []
     results: list[LoadResult] = []
-    async with httpx.AsyncClient(
-        base_url=process.url, timeout=300, limits=client_limits(config.concurrency)
-    ) as client:
+    plan = soak_plan(
+        images, model=config.model, gradcam_every=config.gradcam_every, bad_every=config.bad_every
+    )
+    warmup = drive_http(
+        process.url,
+        partial(_warmup_request, plan, gradcam=config.gradcam_every > 0),
+        concurrency=config.concurrency,
+        max_requests=config.warmup,
+        max_seconds=config.max_seconds,
+        timeout_s=300,
+    )
+    rss_start = rss_bytes(process.pid)
+    print(f"warm-up: {len(warmup.samples)} requests; RSS {mib(rss_start)} MiB", flush=True)
+    sent = 0
+    elapsed = 0.0
+    while sent < config.requests and elapsed < config.max_seconds:
+        count = min(config.chunk, config.requests - sent)
         plan = soak_plan(
-            images, model=config.model, gradcam_every=config.gradcam_every, bad_every=config.bad_every
+            images,
+            model=config.model,
+            gradcam_every=config.gradcam_every,
+            bad_every=config.bad_every,
+            offset=sent,
         )
-        warmup = await drive(
-            client,
-            partial(_warmup_request, plan, gradcam=config.gradcam_every > 0),
+        result = drive_http(
+            process.url,
+            plan,
             concurrency=config.concurrency,
-            max_requests=config.warmup,
-            max_seconds=config.max_seconds,
+            max_requests=count,
+            max_seconds=config.max_seconds - elapsed,
+            timeout_s=300,
         )
-        rss_start = rss_bytes(process.pid)
-        print(f"warm-up: {len(warmup.samples)} requests; RSS {mib(rss_start)} MiB", flush=True)
-        sent = 0
-        elapsed = 0.0
-        while sent < config.requests and elapsed < config.max_seconds:
-            count = min(config.chunk, config.requests - sent)
-            plan = soak_plan(
-                images,
-                model=config.model,
-                gradcam_every=config.gradcam_every,
-                bad_every=config.bad_every,
-                offset=sent,
-            )
-            result = await drive(
-                client,
-                plan,
-                concurrency=config.concurrency,
-                max_requests=count,
-                max_seconds=config.max_seconds - elapsed,
-            )
-            results.append(result)
-            sent += len(result.samples)
-            elapsed += result.wall_s
-            rss = rss_bytes(process.pid)
-            rss_samples.append({"requests": sent, "elapsed_s": round(elapsed, 1), "rss_mib": mib(rss)})
-            print(
-                f"{sent:>6} requests  {elapsed:7.1f} s  RSS {mib(rss)} MiB  unexpected {result.unexpected}",
-                flush=True,
-            )
+        results.append(result)
+        sent += len(result.samples)
+        elapsed += result.wall_s
+        rss = rss_bytes(process.pid)
+        rss_samples.append({"requests": sent, "elapsed_s": round(elapsed, 1), "rss_mib": mib(rss)})
+        print(
+            f"{sent:>6} requests  {elapsed:7.1f} s  RSS {mib(rss)} MiB  unexpected {result.unexpected}",
+            flush=True,
+        )
     rss_end = rss_bytes(process.pid)
     samples = [sample for result in results for sample in result.samples]
     statuses = dict(sorted(Counter(s.status for s in samples).items()))

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from service.bench.__main__ import main
-from service.bench.driver import PlannedRequest, drive
+from service.bench.driver import PlannedRequest, drive, drive_http
 from service.bench.errors import BenchError
 from service.bench.images import ImageFile, load_images
 from service.bench.load import check_loopback
@@ -91,6 +91,19 @@ def test_the_driver_counts_refused_connections_instead_of_failing() -> None:
         return len(result.samples), result.unexpected
 
     assert asyncio.run(run()) == (5, {"connection_error": 5})
+
+
+def test_the_http_driver_counts_refused_connections_too() -> None:
+    image = ImageFile("x.png", b"\x89PNG", "image/png")
+    result = drive_http(
+        f"http://127.0.0.1:{free_port()}",
+        lambda _: PlannedRequest(image=image),
+        concurrency=3,
+        max_requests=7,
+        max_seconds=30,
+        timeout_s=2,
+    )
+    assert (len(result.samples), result.unexpected, result.latency()) == (7, {"connection_error": 7}, None)
 
 
 def test_soak_plan_mixes_gradcam_and_refused_uploads() -> None:

@@ -19,13 +19,6 @@ from training.runs import TrainedRun, read_run, train_run
 from training.zoo.build import backbone_layers, build_model
 from training.zoo.catalogue import BACKBONE_NAMES
 
-SARTAJ_FOLDERS = {
-    "glioma": "glioma_tumor",
-    "meningioma": "meningioma_tumor",
-    "no_tumor": "no_tumor",
-    "pituitary": "pituitary_tumor",
-}
-PER_CLASS = {"train": 6, "val": 2, "test": 2}  # 40 images in all
 REPORT_KEYS = {
     "run",
     "history",
@@ -36,34 +29,6 @@ REPORT_KEYS = {
     "inference_ms_per_image",
     "transfer_only",
 }
-
-
-def write_tiny_split(data_root: Path, path: Path) -> Path:
-    """A ``brain-mri-split/1`` manifest of the first 10 Sartaj training images of each class."""
-    root = data_root / "sartaj-brain-tumor-mri"
-    subsets: dict[str, list[dict[str, Any]]] = {name: [] for name in PER_CLASS}
-    for label, folder in SARTAJ_FOLDERS.items():
-        files = iter(sorted((root / "Training" / folder).iterdir())[: sum(PER_CLASS.values())])
-        for subset, count in PER_CLASS.items():
-            for file in (next(files) for _ in range(count)):
-                digest = hashlib.sha256(file.read_bytes()).hexdigest()
-                item = {"root": 0, "path": str(file.relative_to(root)), "label": label, "sha256": digest}
-                subsets[subset].append({**item, "group": len(subsets[subset]) + 100 * len(subsets)})
-    manifest = {
-        "format": "brain-mri-split/1",
-        "roots": [str(root)],
-        "task": "4class",
-        "classes": list(SARTAJ_FOLDERS),
-        "seed": 0,
-        "subsets": subsets,
-    }
-    path.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-    return path
-
-
-@pytest.fixture(scope="module")
-def tiny_split(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_split(data_root, tmp_path_factory.mktemp("split") / "tiny.json")
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +70,7 @@ def test_train_writes_model_history_run_record_and_report(trained: tuple[Path, P
 
     run = read_run(run_dir)
     assert run["backbone"] == "seed002-cnn" and run["head"] == "dense64" and run["weights"] == "none"
-    assert run["classes"] == list(SARTAJ_FOLDERS) and run["task"] == "4class"
+    assert run["classes"] == ["glioma", "meningioma", "no_tumor", "pituitary"] and run["task"] == "4class"
     assert run["split_sha256"] == hashlib.sha256(Path(run["split"]).read_bytes()).hexdigest()
     assert run["split_sizes"] == {"train": 24, "val": 8, "test": 8}
     assert run["recipe"]["name"] == "crop" and run["recipe"]["size"] == [64, 64]
