@@ -191,6 +191,8 @@ def drive_http(
                 status = str(response.status)
                 if keep_server_timings and response.status == 200:
                     timings = json.loads(response.data).get("timings_ms")
+            except urllib3.exceptions.NewConnectionError:  # a subclass of ConnectTimeoutError in urllib3 2
+                status = TRANSPORT_ERROR_STATUS
             except urllib3.exceptions.TimeoutError:
                 status = TIMEOUT_STATUS
             except urllib3.exceptions.HTTPError:
