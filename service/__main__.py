@@ -30,7 +30,9 @@ def main() -> int:
         repository = open_model_repository(
             settings.model_repository,
             settings.default_model,
-            SessionConfig(settings.ort_intra_op_threads, settings.ort_inter_op_threads),
+            SessionConfig(
+                settings.ort_intra_op_threads, settings.ort_inter_op_threads, settings.ort_allow_spinning
+            ),
         )
     except ModelRepositoryError as error:
         print(error, file=sys.stderr)

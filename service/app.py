@@ -73,7 +73,9 @@ def create_app(settings: Settings | None = None, *, repository: ModelRepository 
                 open_model_repository,
                 settings.model_repository,
                 settings.default_model,
-                SessionConfig(settings.ort_intra_op_threads, settings.ort_inter_op_threads),
+                SessionConfig(
+                    settings.ort_intra_op_threads, settings.ort_inter_op_threads, settings.ort_allow_spinning
+                ),
             )
         for model in opened.models.values():
             logger.info(

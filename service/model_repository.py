@@ -41,6 +41,7 @@ class SessionConfig:
 
     intra_op_threads: int = 0
     inter_op_threads: int = 0
+    allow_spinning: bool = False
 
 
 @dataclass
@@ -98,9 +99,10 @@ class ServedModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = config.intra_op_threads
         options.inter_op_num_threads = config.inter_op_threads
-        # idle ONNX Runtime threads otherwise spin on the cores that decoding and preprocessing need
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        # spinning idle threads would take the cores that decoding and preprocessing need (unless asked for)
+        spinning = "1" if config.allow_spinning else "0"
+        options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
+        options.add_session_config_entry("session.inter_op.allow_spinning", spinning)
         options.log_severity_level = 3
         providers = [CPU_PROVIDER]
         if CUDA_PROVIDER in ort.get_available_providers():

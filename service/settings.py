@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     ort_inter_op_threads: int = Field(default=0, ge=0, le=256)
     """ONNX Runtime threads across independent operators; 0 lets ONNX Runtime choose."""
 
+    ort_allow_spinning: bool = False
+    """Whether idle ONNX Runtime threads busy-wait for the next operator: lower latency for one request at a
+    time, but the spinning takes CPU from decoding, preprocessing and HTTP under concurrent load."""
+
     gradcam_default: bool = False
     """Whether /predict returns a Grad-CAM heat map when the request does not say."""
 

@@ -316,6 +316,19 @@ def test_sessions_prefer_cuda_when_present_and_never_spin(
         assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
         assert options.get_session_config_entry("session.inter_op.allow_spinning") == "0"
     assert {model.provider for model in repository.models.values()} == {"CPUExecutionProvider"}  # what ran
+    opened.clear()
+    monkeypatch.setenv("MRI_ORT_ALLOW_SPINNING", "true")
+    settings = Settings()
+    open_model_repository(
+        model_repository,
+        None,
+        SessionConfig(
+            settings.ort_intra_op_threads, settings.ort_inter_op_threads, settings.ort_allow_spinning
+        ),
+    )
+    for record in opened:
+        assert record["options"].get_session_config_entry("session.intra_op.allow_spinning") == "1"
+        assert record["options"].get_session_config_entry("session.inter_op.allow_spinning") == "1"
 
 
 def test_without_a_configured_default_the_4class_model_answers(
