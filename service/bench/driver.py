@@ -89,6 +89,41 @@ class LoadResult:
         }
 
 
+class _Schedule:
+    """Hands out request numbers until ``max_requests`` or the deadline, and collects the samples."""
+
+    def __init__(self, max_requests: int, max_seconds: float) -> None:
+        self._numbers = itertools.count()  # next() is atomic under the GIL
+        self._max_requests = max_requests
+        self.samples: list[Sample] = []
+        self.started = time.perf_counter()
+        self._deadline = self.started + max_seconds
+
+    def next_number(self) -> int | None:
+        """The next request to send, or None when the count or the time is used up."""
+        if time.perf_counter() >= self._deadline:
+            return None
+        number = next(self._numbers)
+        return number if number < self._max_requests else None
+
+    def record(
+        self, request: PlannedRequest, sent: float, status: str, timings: Mapping[str, float | None] | None
+    ) -> None:
+        """One answered (or failed) request, sent at ``sent`` (``time.perf_counter()``) and done now."""
+        self.samples.append(  # list.append is atomic under the GIL
+            Sample(
+                started_s=sent - self.started,
+                latency_s=time.perf_counter() - sent,
+                status=status,
+                expected=status == str(request.expected),
+                server_timings_ms=timings,
+            )
+        )
+
+    def result(self, concurrency: int) -> LoadResult:
+        return LoadResult(self.samples, wall_s=time.perf_counter() - self.started, concurrency=concurrency)
+
+
 async def drive(
     client: httpx.AsyncClient,
     plan: Callable[[int], PlannedRequest],
@@ -102,20 +137,14 @@ async def drive(
 
     Stops after ``max_requests`` requests or once ``max_seconds`` have passed (requests in flight finish).
     """
-    numbers = itertools.count()
-    samples: list[Sample] = []
-    started = time.perf_counter()
-    deadline = started + max_seconds
+    schedule = _Schedule(max_requests, max_seconds)
 
     async def one_client() -> None:
-        while time.perf_counter() < deadline:
-            number = next(numbers)
-            if number >= max_requests:
-                return
+        while (number := schedule.next_number()) is not None:
             request = plan(number)
             files = {"file": (request.image.name, request.image.data, request.image.content_type)}
-            sent = time.perf_counter()
             timings = None
+            sent = time.perf_counter()
             try:
                 response = await client.post(request.path, params=dict(request.params), files=files)
                 status = str(response.status_code)
@@ -125,19 +154,10 @@ async def drive(
                 status = TIMEOUT_STATUS
             except httpx.TransportError:
                 status = TRANSPORT_ERROR_STATUS
-            answered = time.perf_counter()
-            samples.append(
-                Sample(
-                    started_s=sent - started,
-                    latency_s=answered - sent,
-                    status=status,
-                    expected=status == str(request.expected),
-                    server_timings_ms=timings,
-                )
-            )
+            schedule.record(request, sent, status, timings)
 
     await asyncio.gather(*(one_client() for _ in range(concurrency)))
-    return LoadResult(samples=samples, wall_s=time.perf_counter() - started, concurrency=concurrency)
+    return schedule.result(concurrency)
 
 
 def client_limits(concurrency: int) -> httpx.Limits:
@@ -169,16 +189,10 @@ def drive_http(
         timeout=urllib3.Timeout(total=timeout_s),
         retries=False,
     )
-    numbers = itertools.count()  # next() is atomic under the GIL
-    samples: list[Sample] = []
-    started = time.perf_counter()
-    deadline = started + max_seconds
+    schedule = _Schedule(max_requests, max_seconds)
 
     def one_client() -> None:
-        while time.perf_counter() < deadline:
-            number = next(numbers)
-            if number >= max_requests:
-                return
+        while (number := schedule.next_number()) is not None:
             request = plan(number)
             fields = {"file": (request.image.name, request.image.data, request.image.content_type)}
             body, content_type = urllib3.encode_multipart_formdata(fields)
@@ -197,16 +211,7 @@ def drive_http(
                 status = TIMEOUT_STATUS
             except urllib3.exceptions.HTTPError:
                 status = TRANSPORT_ERROR_STATUS
-            answered = time.perf_counter()
-            samples.append(  # list.append is atomic under the GIL
-                Sample(
-                    started_s=sent - started,
-                    latency_s=answered - sent,
-                    status=status,
-                    expected=status == str(request.expected),
-                    server_timings_ms=timings,
-                )
-            )
+            schedule.record(request, sent, status, timings)
 
     clients = [threading.Thread(target=one_client, name=f"load-client-{i}") for i in range(concurrency)]
     for client in clients:
@@ -214,7 +219,7 @@ def drive_http(
     for client in clients:
         client.join()
     pool.close()
-    return LoadResult(samples=samples, wall_s=time.perf_counter() - started, concurrency=concurrency)
+    return schedule.result(concurrency)
 
 
 def http_floor(base_url: str, *, requests: int = 200) -> LatencySummary:
