@@ -17,7 +17,11 @@ from service.errors import install_error_handlers
 from service.explanations import GradcamEngines
 from service.inference import InferenceService, PredictionLimiter
 from service.metrics import ServiceMetrics
-from service.middleware import RequestObservationMiddleware, UploadLimitMiddleware
+from service.middleware import (
+    ApiKeyBeforeUploadMiddleware,
+    RequestObservationMiddleware,
+    UploadLimitMiddleware,
+)
 from service.model_repository import ModelRepository, ServedModel, SessionConfig, open_model_repository
 from service.schemas import DISCLAIMER
 from service.settings import Settings
@@ -118,6 +122,8 @@ def create_app(settings: Settings | None = None, *, repository: ModelRepository 
     app.state.repository = None
     app.state.inference = None
     install_error_handlers(app)
+    # innermost first: the key is checked at the first receive, before the upload limit counts any byte
+    app.add_middleware(ApiKeyBeforeUploadMiddleware, api_keys=settings.api_keys)
     app.add_middleware(UploadLimitMiddleware, max_upload_bytes=settings.max_upload_bytes)
     app.add_middleware(RequestObservationMiddleware, metrics=service_metrics)  # outermost: sees every answer
     for router in (predict.router, models.router, health.router, metrics.router):

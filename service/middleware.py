@@ -1,13 +1,17 @@
-"""Two small ASGI middlewares: request observation (id, in-flight, duration, access log) and upload limit."""
+"""Small ASGI middlewares: request observation (id, in-flight, duration, access log), API keys before the
+upload is read, and the upload limit."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
+from pydantic import SecretStr
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.auth import API_KEY_HEADER, check_api_key
 from service.errors import UploadTooLargeError
 from service.logging import log_request
 from service.metrics import ServiceMetrics
@@ -121,3 +125,36 @@ def _content_length(scope: Scope) -> int | None:
         return int(value) if value is not None else None
     except ValueError:
         return None
+
+
+class ApiKeyBeforeUploadMiddleware:
+    """Refuse a request to an upload route without a valid API key before a byte of its body is read.
+
+    The routes check the key too (a dependency, which FastAPI runs only after it has parsed the body); this
+    check runs at the first ``receive``, so an unauthenticated client cannot make the service read (up to
+    ``MRI_MAX_UPLOAD_BYTES`` of) an upload. Like the upload limit, the error is raised from ``receive`` and
+    answered by the one error handler.
+    """
+
+    def __init__(
+        self, app: ASGIApp, api_keys: Sequence[SecretStr], paths: Sequence[str] = ("/predict",)
+    ) -> None:
+        self.app = app
+        self.api_keys = list(api_keys)
+        self.paths = frozenset(paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.api_keys or scope["path"] not in self.paths:
+            await self.app(scope, receive, send)
+            return
+        offered = Headers(scope=scope).get(API_KEY_HEADER)
+        checked = False
+
+        async def receive_after_key_check() -> Message:
+            nonlocal checked
+            if not checked:
+                check_api_key(self.api_keys, offered)
+                checked = True
+            return await receive()
+
+        await self.app(scope, receive_after_key_check, send)

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import hmac
-from typing import Annotated, Final
+from typing import Annotated
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
-from service.errors import NotReadyError, UnauthorizedError
+from service.auth import API_KEY_HEADER, check_api_key
+from service.errors import NotReadyError
 from service.inference import InferenceService
 from service.metrics import ServiceMetrics
 from service.model_repository import ModelRepository
 from service.request_context import RequestContext, request_context_of
 from service.settings import Settings
-
-API_KEY_HEADER: Final = "X-API-Key"
 
 api_key_header = APIKeyHeader(
     name=API_KEY_HEADER,
@@ -64,11 +62,4 @@ async def require_api_key(
     settings: SettingsDep, api_key: Annotated[str | None, Security(api_key_header)]
 ) -> None:
     """401 unless API keys are off or ``X-API-Key`` is one of them (compared in constant time)."""
-    if not settings.api_keys:
-        return
-    offered = (api_key or "").encode()
-    # every key is compared, so the time taken does not tell which one came close
-    matches = [hmac.compare_digest(offered, key.get_secret_value().encode()) for key in settings.api_keys]
-    if not any(matches):
-        problem = "is missing" if api_key is None else "is not a valid key"
-        raise UnauthorizedError(f"The {API_KEY_HEADER} header {problem}; this service requires an API key.")
+    check_api_key(settings.api_keys, api_key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -9,11 +10,13 @@ import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydicom.data import get_testdata_file
 
@@ -237,6 +240,38 @@ def test_api_keys_guard_predict_and_models_only(
     assert client.get("/models", headers={"X-API-Key": "another-key-0123456789"}).status_code == 200
     for path in ("/health/live", "/health/ready", "/metrics"):
         assert client.get(path).status_code == 200
+
+
+def test_a_request_without_a_key_is_refused_before_its_upload_is_read(
+    make_app: Callable[..., FastAPI], brain_png: bytes
+) -> None:
+    app = make_app(api_keys=[API_KEY])
+    chunks_read = 0
+    boundary = "b0undary"
+    head = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n\r\n'
+
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal chunks_read
+        for chunk in (head.encode(), brain_png, f"\r\n--{boundary}--\r\n".encode()):
+            chunks_read += 1
+            yield chunk
+
+    async def post(key: str | None) -> httpx.Response:
+        headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+        if key is not None:
+            headers["X-API-Key"] = key
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.post("/predict", content=body(), headers=headers)
+
+    for key in (None, "not-the-key-0123456789"):
+        chunks_read = 0
+        response = asyncio.run(post(key))
+        assert response.status_code == 401 and response.json()["error_type"] == "unauthorized"
+        assert chunks_read == 0, "the upload was read before the key was checked"
+    chunks_read = 0
+    response = asyncio.run(post(API_KEY))  # the app's lifespan did not run: past the key, 503
+    assert response.status_code == 503 and chunks_read == 3
 
 
 def test_without_api_keys_no_header_is_needed(client: TestClient) -> None:
