@@ -22,6 +22,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     KERAS_BACKEND=tensorflow \
     MALLOC_ARENA_MAX=2 \
+    MRI_GRADCAM_PRELOAD=true \
     MRI_MODEL_REPOSITORY=/srv/models \
     MRI_HOST=0.0.0.0 \
     MRI_PORT=8000

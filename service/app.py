@@ -102,8 +102,9 @@ def create_app(settings: Settings | None = None, *, repository: ModelRepository 
         app.state.repository = opened
         _warn_if_exposed(settings)
         async with anyio.create_task_group() as tasks:
-            # with Grad-CAM on by default, its Keras twins are loaded and traced before the service is ready
-            warm_gradcam = gradcam_engines.warm_up if settings.gradcam_default else None
+            # with Grad-CAM on by default (or preloaded), the Keras twins are loaded and traced before ready
+            preload = settings.gradcam_default or settings.gradcam_preload
+            warm_gradcam = gradcam_engines.warm_up if preload else None
             tasks.start_soon(_warm_up, opened, warm_gradcam)
             yield
             tasks.cancel_scope.cancel()

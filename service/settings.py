@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     gradcam_default: bool = False
     """Whether /predict returns a Grad-CAM heat map when the request does not say."""
 
+    gradcam_preload: bool = False
+    """Whether the Keras twins are loaded and traced before the service reports ready (always so when
+    ``gradcam_default`` is on): the first Grad-CAM then answers at once instead of after TensorFlow's import
+    and a trace (seconds to tens of seconds), at the price of a later readiness and more resident memory."""
+
     max_concurrency: int = Field(default=4, ge=1, le=256)
     """Predictions that run at once; the others wait for a free slot."""
 

@@ -189,6 +189,18 @@ def test_gradcam_default_setting(make_client: Callable[..., TestClient], brain_p
     assert assert_prediction(predict(client, brain_png, gradcam="false"))["gradcam"] is None
 
 
+def test_gradcam_preload_loads_every_twin_before_ready(
+    make_client: Callable[..., TestClient], brain_png: bytes
+) -> None:
+    lazy = make_client()
+    assert not lazy.app.state.inference.gradcam_engines._engines  # loaded on first use only
+    client = make_client(gradcam_preload=True)
+    engines = client.app.state.inference.gradcam_engines._engines
+    assert set(engines) == {"tiny-4class", "tiny-binary"} and all(e.loaded for e in engines.values())
+    assert assert_prediction(predict(client, brain_png))["gradcam"] is None  # still off by default
+    assert assert_prediction(predict(client, brain_png, gradcam="true"))["gradcam"] is not None
+
+
 def test_a_twin_that_disagrees_with_onnx_is_reported_and_logged(
     client: TestClient, brain_png: bytes, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
