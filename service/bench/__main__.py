@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from service.bench.errors import BenchError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+T = TypeVar("T")
 
 
 def _positive_ints(text: str) -> tuple[int, ...]:
@@ -63,20 +65,31 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument(
         "--out", type=Path, default=Path("reports/load"), help="where load.json and load.png go"
     )
-    load.add_argument("--concurrency", type=_positive_ints, default=(1, 2, 4, 8), help="levels, e.g. 1,2,4,8")
+    load.add_argument(
+        "--concurrency",
+        dest="concurrencies",
+        type=_positive_ints,
+        default=(1, 2, 4, 8),
+        help="levels, e.g. 1,2,4,8",
+    )
     load.add_argument("--gradcam", type=_gradcam_modes, default=(False, True), help="off, on or off,on")
-    load.add_argument("--model", action="append", default=[], help="model to load (repeatable; default: all)")
+    load.add_argument(
+        "--model", dest="models", action="append", default=[], help="model to load (repeatable; default: all)"
+    )
     load.add_argument(
         "--requests", type=_bounded(1, MAX_REQUESTS_PER_LEVEL), default=200, help="requests per level"
     )
     load.add_argument(
         "--duration",
+        dest="duration_s",
         type=_bounded(1, MAX_SECONDS_PER_LEVEL, float),
         default=60.0,
         help="most seconds per level (default: %(default)s)",
     )
     load.add_argument("--warmup", type=_bounded(0, 10_000), default=10, help="unmeasured requests per level")
-    load.add_argument("--timeout", type=_bounded(1, 600, float), default=60.0, help="seconds per request")
+    load.add_argument(
+        "--timeout", dest="timeout_s", type=_bounded(1, 600, float), default=60.0, help="seconds per request"
+    )
     load.add_argument(
         "--image-limit", type=_bounded(1, 100_000), default=64, help="images read from --images"
     )
@@ -135,70 +148,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _config(cls: type[T], args: argparse.Namespace, **overrides: Any) -> T:
+    """The config dataclass ``cls`` from the parsed options of the same names, then ``overrides``."""
+    values = {field.name: getattr(args, field.name) for field in fields(cls) if hasattr(args, field.name)}  # type: ignore[arg-type]
+    return cls(**{**values, **overrides})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    url = getattr(args, "url", None)  # load and soak
+    url = None if url is None else url.rstrip("/")
     try:
         if args.command == "load":
             from service.bench.load import LoadConfig, run_load_test
 
-            report = run_load_test(
-                LoadConfig(
-                    url=args.url.rstrip("/"),
-                    images=args.images,
-                    out=args.out,
-                    concurrencies=args.concurrency,
-                    gradcam=args.gradcam,
-                    models=tuple(args.model),
-                    requests=args.requests,
-                    duration_s=args.duration,
-                    warmup=args.warmup,
-                    timeout_s=args.timeout,
-                    image_limit=args.image_limit,
-                    api_key=args.api_key,
-                    allow_remote=args.allow_remote,
-                )
-            )
+            report = run_load_test(_config(LoadConfig, args, url=url, models=tuple(args.models)))
             print(f"wrote {args.out / 'load.json'} and {args.out / 'load.png'}")
             return EXIT_OK if report["rows"] else EXIT_FAILED
         if args.command == "benchmark":
             from service.bench.sidebyside import BenchmarkConfig, run_benchmark
 
-            run_benchmark(
-                BenchmarkConfig(
-                    repository=args.repository,
-                    model=args.model,
-                    images=args.images,
-                    out=args.out,
-                    image_limit=args.image_limit,
-                    rounds=args.rounds,
-                    keras_calls=args.keras_calls,
-                    predict_calls=args.predict_calls,
-                    service_requests=args.service_requests,
-                    gradcam_requests=args.gradcam_requests,
-                )
-            )
+            run_benchmark(_config(BenchmarkConfig, args))
             print(f"wrote {args.out / 'benchmark.json'} and {args.out / 'benchmark.md'}")
             return EXIT_OK
         from service.bench.soak import SoakConfig, run_soak
 
-        report = run_soak(
-            SoakConfig(
-                images=args.images,
-                out=args.out,
-                repository=None if args.url else args.repository,
-                url=None if args.url is None else args.url.rstrip("/"),
-                pid=args.pid,
-                model=args.model,
-                requests=args.requests,
-                concurrency=args.concurrency,
-                warmup=args.warmup,
-                chunk=args.chunk,
-                gradcam_every=args.gradcam_every,
-                bad_every=args.bad_every,
-                image_limit=args.image_limit,
-                max_seconds=args.max_seconds,
-            )
-        )
+        repository = None if url else args.repository
+        report = run_soak(_config(SoakConfig, args, url=url, repository=repository))
         print(f"wrote {args.out / 'soak.json'}")
         return EXIT_OK if not report["unexpected"] and report["rss_mib"]["met"] else EXIT_FAILED
     except BenchError as error:

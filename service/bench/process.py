@@ -55,7 +55,7 @@ def running_service(repository: Path, env: Mapping[str, str] | None = None) -> I
             process = subprocess.Popen([sys.executable, "-m", "service"], env=environment, stderr=stderr)
         url = f"http://127.0.0.1:{port}"
         try:
-            _wait_until_ready(process, url, log)
+            wait_for_ready_url(process, f"{url}/health/ready", log)
             yield ServiceProcess(url=url, pid=process.pid, log=log)
         finally:
             process.send_signal(signal.SIGTERM)
@@ -66,20 +66,27 @@ def running_service(repository: Path, env: Mapping[str, str] | None = None) -> I
                 process.wait()
 
 
-def _wait_until_ready(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
+def wait_for_ready_url(
+    process: subprocess.Popen[bytes],
+    ready_url: str,
+    log: Path,
+    *,
+    timeout_s: float = READY_TIMEOUT_S,
+    what: str = "The service",
+) -> None:
+    """Poll ``ready_url`` until it answers 200; :class:`BenchError` (with the log's tail) when ``process``
+    exits first or ``timeout_s`` pass."""
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise BenchError(
-                f"The service exited with status {process.returncode}: {log.read_text()[-2000:]}"
-            )
+            raise BenchError(f"{what} exited with status {process.returncode}: {log.read_text()[-2000:]}")
         try:
-            if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
+            if httpx.get(ready_url, timeout=2).status_code == 200:
                 return
         except httpx.TransportError:
             pass
         time.sleep(0.2)
-    raise BenchError(f"The service was not ready after {READY_TIMEOUT_S:.0f} s: {log.read_text()[-2000:]}")
+    raise BenchError(f"{what} was not ready after {timeout_s:.0f} s: {log.read_text()[-2000:]}")
 
 
 def rss_bytes(pid: int) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import httpx
 import numpy as np
 import numpy.typing as npt
 import pytest
@@ -28,6 +26,7 @@ from fastapi.testclient import TestClient
 
 from exporter.manifest import FORMAT, file_record, validate_manifest, write_manifest
 from service.app import create_app
+from service.bench.process import free_port, wait_for_ready_url
 from service.preprocessing import make_recipe
 from service.settings import Settings
 
@@ -189,16 +188,10 @@ MAX_UPLOAD_BYTES = 2_000_000
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """(base URL, stderr log file) of a running ``python -m service``; stopped with SIGTERM afterwards."""
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("uvicorn") / "stderr.log"
     env = {
         **os.environ,
@@ -211,16 +204,7 @@ def server(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         process = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO_ROOT, env=env, stderr=stderr)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, f"the service exited: {log.read_text()}"
-            try:
-                if httpx.get(f"{base}/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"not ready after 120 s: {log.read_text()}"
-            time.sleep(0.1)
+        wait_for_ready_url(process, f"{base}/health/ready", log, timeout_s=120)
         yield base, log
     finally:
         process.send_signal(signal.SIGTERM)

@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +18,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from service.bench.process import free_port, wait_for_ready_url
 
 SLICES = [
     "sartaj-brain-tumor-mri/Testing/glioma_tumor/image(1).jpg",
@@ -50,12 +51,6 @@ def prometheus_binary() -> str:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture
 def prometheus(
     prometheus_binary: str, server: tuple[str, Path], tmp_path: Path
@@ -74,7 +69,7 @@ def prometheus(
         "    static_configs:\n"
         f'      - targets: ["{target}"]\n'
     )
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "prometheus.log"
     command = [
         prometheus_binary,
@@ -86,16 +81,7 @@ def prometheus(
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, cwd=tmp_path)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + WAIT_S
-        while True:
-            assert process.poll() is None, f"prometheus exited: {log.read_text()}"
-            try:
-                if httpx.get(f"{base}/-/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"prometheus not ready after {WAIT_S} s: {log.read_text()}"
-            time.sleep(0.2)
+        wait_for_ready_url(process, f"{base}/-/ready", log, timeout_s=WAIT_S, what="Prometheus")
         yield base, log
     finally:
         process.send_signal(signal.SIGTERM)
