@@ -42,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--split", type=Path, metavar="FILE.json", help="the run's split, when not where run.json says")
     add("--data-root", type=Path, action="append", metavar="DIR",
         help="replace the split's data roots (repeat, same order) for data that moved")  # fmt: skip
+    add("--ood-bank-split", type=Path, action="append", default=[], metavar="FILE.json",
+        help="another brain MRI split whose train subset joins the input-validity bank (repeat)")  # fmt: skip
+    add("--ood-layer", action="append", metavar="LAYER",
+        help="Keras layer feeding the input-validity check (repeat; default: per backbone)")  # fmt: skip
     add("--fp16", action="store_true",
         help=f"also publish model.fp16.onnx unless it loses > {MAX_ACCURACY_DROP_POINTS:g} points of test "
         "accuracy")  # fmt: skip
@@ -78,6 +82,8 @@ def run(args: argparse.Namespace, command: str) -> int:
         split=args.split,
         data_roots=args.data_root,
         variants=[name for name in ("fp16", "int8") if getattr(args, name)],
+        bank_splits=args.ood_bank_split,
+        ood_layers=args.ood_layer,
         force=args.force,
         command=command,
     )

@@ -57,6 +57,7 @@ from exporter.quantize import (
     labels_of,
     measure_variant,
 )
+from exporter.trust import default_layers, fit_trust, load_trust_data, write_trust_documents
 from service.preprocessing import Recipe
 from training.report import CONFUSION_PNG, CURVES_PNG, REPORT_JSON, REPORT_MD, ROC_PNG
 from training.runs import MODEL_FILE, read_run
@@ -80,6 +81,10 @@ class ExportOptions:
     """The run's split when it is not where run.json says (else found from run.json)."""
     data_roots: list[Path] | None = None
     variants: Sequence[str] = ()
+    bank_splits: Sequence[Path] = ()
+    """Other brain MRI splits whose train subsets join the input-validity bank (the run's own always does)."""
+    ood_layers: Sequence[str] | None = None
+    """Layers of the input-validity check (None: :func:`exporter.trust.default_layers`)."""
     force: bool = False
     command: str | None = None
 
@@ -139,6 +144,12 @@ def fill_entry(
         f"parity on {parity.images} images ({', '.join(f'{n} {s}' for s, n in parity.subsets.items())}):"
         f" max |Δ probability| {parity.max_abs_diff:.3g} <= {parity.tolerance:g}, same class everywhere"
     )
+    # calibration and input validity, folded into the served graph (its logits output keeps the parity)
+    layers = options.ood_layers or default_layers(run["backbone"], run["gradcam_layer"])
+    trust_data = load_trust_data(split_path, options.bank_splits, recipe, data_roots=options.data_roots)
+    trust = fit_trust(proto, model, trust_data, list(layers), say=say)
+    onnx.save(trust.proto, staging / ONNX_FILE)
+    session = onnx_session(staging / ONNX_FILE)
     latency = {**latency_note(), "onnx_ms": median_latency_ms(session, sample.images[0])}
 
     # The twin is the checked model saved again without its optimizer state (Adam keeps two moments per
@@ -171,7 +182,10 @@ def fill_entry(
         latency=latency,
         variants=variants,
         refused_variants=refused,
+        calibration=trust.calibration,
+        input_validity=trust.input_validity,
     )
+    documents += write_trust_documents(staging, trust, options.name)
     manifest["documents"] = documents
     manifest["export"] = {"run_dir": str(run_dir), "command": options.command}
     problems = validate_manifest(manifest, staging)

@@ -87,6 +87,11 @@ REQUIRED_KEYS: Final[Mapping[str, tuple[type, ...]]] = {
     "parity.argmax_agreement": _NUMBER,
     "parity.tolerance": _NUMBER,
     "created": (str,),
+    "calibration": (dict,),
+    "calibration.temperature": _NUMBER,
+    "input_validity": (dict,),
+    "input_validity.threshold": _NUMBER,
+    "input_validity.output": (str,),
 }
 
 
@@ -107,6 +112,8 @@ def build_manifest(
     latency: Mapping[str, Any] | None = None,
     variants: Mapping[str, Any] | None = None,
     refused_variants: Mapping[str, str] | None = None,
+    calibration: Mapping[str, Any] | None = None,
+    input_validity: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The manifest of an entry from the run's ``run.json`` and ``report.json`` and the export's figures.
 
@@ -141,6 +148,10 @@ def build_manifest(
         "versions": dict(versions),
         "created": created,
     }
+    if calibration is not None:
+        manifest["calibration"] = dict(calibration)
+    if input_validity is not None:
+        manifest["input_validity"] = dict(input_validity)
     if latency is not None:
         manifest["latency"] = dict(latency)
     if variants:

@@ -15,6 +15,7 @@ its chained cause) carries the text of pydicom's own errors, which can quote ele
 
 from __future__ import annotations
 
+import re
 from io import BytesIO
 from typing import Final
 
@@ -31,6 +32,7 @@ from service.preprocessing import (
     DEFAULT_MIN_SIDE,
     ImageDecodeError,
     ImageTooLargeError,
+    NotBrainMriImageError,
     UnsupportedImageFormatError,
 )
 
@@ -55,16 +57,22 @@ def is_dicom(data: bytes, content_type: str | None = None) -> bool:
 
 
 def decode_dicom(
-    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = DEFAULT_MIN_SIDE
+    data: bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side: int = DEFAULT_MIN_SIDE,
+    require_brain_mri: bool = False,
 ) -> npt.NDArray[np.uint8]:
     """Decode one DICOM slice into a C-contiguous uint8 RGB array of shape (Rows, Columns, 3).
 
     Raises ImageDecodeError (empty, not DICOM, corrupt or truncated, no pixel data, too small),
     ImageTooLargeError (Rows x Columns over ``max_pixels``, refused before decoding) or
     UnsupportedImageFormatError (several frames, a transfer syntax or photometric interpretation this server
-    cannot decode).
+    cannot decode); with ``require_brain_mri``, NotBrainMriImageError (:func:`check_brain_mri`).
     """
     dataset = _read_dataset(data)
+    if require_brain_mri:  # the service's uploads; a plain decode reads any modality
+        check_brain_mri(dataset)
     _check_geometry(dataset, max_pixels=max_pixels, min_side=min_side)
     _check_transfer_syntax(dataset)
     try:
@@ -89,6 +97,51 @@ def decode_dicom(
             "supported; send a MONOCHROME1, MONOCHROME2, RGB, YBR or PALETTE COLOR image."
         )
     return np.ascontiguousarray(rgb, dtype=np.uint8)
+
+
+_MODALITY_NAMES: Final = {
+    "CT": "computed tomography", "CR": "computed radiography", "DX": "digital radiography",
+    "MG": "mammography", "US": "ultrasound", "PT": "positron emission tomography", "NM": "nuclear medicine",
+    "XA": "X-ray angiography", "RF": "radio fluoroscopy", "OT": "other", "SC": "secondary capture",
+    "OP": "ophthalmic photography", "XC": "external-camera photography", "SM": "slide microscopy",
+}  # fmt: skip
+_BRAIN_PARTS: Final = frozenset({"BRAIN", "HEAD", "SKULL", "HEADNECK", "CEREBRUM", "CEREBELLUM", "NEURO"})
+_OTHER_PARTS: Final = (
+    "SPINE", "LSPINE", "CSPINE", "TSPINE", "LUMBAR", "CERVICAL", "THORACIC", "SACRUM", "CHEST", "THORAX",
+    "LUNG", "BREAST", "HEART", "CARDIAC", "ABDOMEN", "LIVER", "KIDNEY", "PANCREAS", "PELVIS", "PROSTATE",
+    "KNEE", "HIP", "SHOULDER", "ELBOW", "WRIST", "HAND", "ANKLE", "FOOT", "LEG", "ARM", "EXTREMITY",
+)  # fmt: skip
+"""Words of BodyPartExamined (and the study and series descriptions) that name a part other than the head."""
+
+
+def check_brain_mri(dataset: Dataset) -> None:
+    """NotBrainMriImageError when the attributes say it is not MR, or name a body part other than the head.
+
+    Absent attributes pass: many exports drop them, and the pixels still meet the input-validity check.
+    The sentence names the standard meaning of a Modality code, never an attribute's own text.
+    """
+    modality = str(dataset.get("Modality", "") or "").strip().upper()
+    if modality and modality != "MR":
+        what = _MODALITY_NAMES.get(modality, "not magnetic resonance")
+        raise NotBrainMriImageError(
+            f"The DICOM file's Modality is {what}, not MR (magnetic resonance): this service classifies "
+            "brain MRI slices only, so no tumour label is given."
+        )
+    part = str(dataset.get("BodyPartExamined", "") or "").strip().upper().replace(" ", "")
+    if part and part not in _BRAIN_PARTS and any(word in part for word in _OTHER_PARTS):
+        raise NotBrainMriImageError(
+            "The DICOM file's Body Part Examined names a part of the body other than the head: this service "
+            "classifies brain MRI slices only, so no tumour label is given."
+        )
+    descriptions = " ".join(
+        str(dataset.get(keyword, "") or "").upper() for keyword in ("StudyDescription", "SeriesDescription")
+    )
+    words = set(re.split(r"[^A-Z]+", descriptions))
+    if not words & _BRAIN_PARTS and words & set(_OTHER_PARTS):
+        raise NotBrainMriImageError(
+            "The DICOM file's study or series description names a part of the body other than the head: this "
+            "service classifies brain MRI slices only, so no tumour label is given."
+        )
 
 
 def _read_dataset(data: bytes) -> Dataset:

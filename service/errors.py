@@ -8,6 +8,7 @@ Starlette's HTTP exceptions (unknown route, wrong method) are all mapped here, i
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -44,7 +45,7 @@ class ServiceError(Exception):
             self.error_type = error_type  # type: ignore[misc]
         self.headers = dict(headers or {})
 
-    def to_body(self) -> dict[str, str]:
+    def to_body(self) -> dict[str, Any]:
         """The JSON error body: ``{"error": <sentence>, "error_type": <kind>}``."""
         return {"error": self.message, "error_type": self.error_type}
 
@@ -91,6 +92,39 @@ class InvalidRequestError(ServiceError):
     error_type = "validation_error"
 
 
+class NotBrainMriError(ServiceError):
+    """HTTP 422 ``not_brain_mri``: the upload is not a brain MRI slice, so no tumour label is given.
+
+    The input-validity check refused its pixels (the body then carries ``in_distribution``), or its DICOM
+    attributes name another modality or body part (``in_distribution`` null).
+    """
+
+    status_code = 422
+    error_type = "not_brain_mri"
+
+    def __init__(self, message: str, in_distribution: Any = None) -> None:
+        super().__init__(message)
+        self.in_distribution = in_distribution
+
+    def to_body(self) -> dict[str, Any]:
+        """The error body plus ``in_distribution`` {checked, enforced, score, threshold, accepted} or null."""
+        validity = self.in_distribution
+        described = None
+        if validity is not None:
+            described = {
+                "checked": validity.checked,
+                "enforced": validity.enforced,
+                "score": _finite_or_none(validity.score),
+                "threshold": validity.threshold,
+                "accepted": validity.accepted,
+            }
+        return {**super().to_body(), "in_distribution": described}
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
 class OverloadedError(ServiceError):
     """HTTP 429 ``overloaded``: every prediction slot stayed busy for the whole queue timeout."""
 
@@ -135,6 +169,8 @@ def as_service_error(exc: Exception, request: Request) -> ServiceError:
     if isinstance(exc, ServiceError):
         return exc
     if isinstance(exc, ImageError):
+        if exc.error_type == NotBrainMriError.error_type:
+            return NotBrainMriError(exc.message)
         return ServiceError(exc.message, exc.status_code, exc.error_type)
     if isinstance(exc, RequestValidationError):
         return _from_validation_error(exc, request)

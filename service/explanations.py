@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from service.errors import InternalServiceError
-from service.gradcam_render import render_overlay_png
+from service.gradcam_render import heatmap_canvas, render_heatmap_png, render_overlay_png
 
 if TYPE_CHECKING:
     from service.inference import Prediction
@@ -29,6 +29,7 @@ class GradcamOutcome:
     """The overlay PNG and what it shows; ``agrees_with_onnx`` compares the twin's argmax with ONNX's."""
 
     png: bytes
+    heatmap_png: bytes
     class_index: int
     class_name: str
     layer: str
@@ -78,7 +79,10 @@ def explain_prediction(
             f"Grad-CAM is unavailable for model {model.name} (the failure was logged); "
             "ask again without gradcam=true."
         ) from None
-    png = render_overlay_png(prediction.image, result.heatmap, region=prediction.region)
+    height, width = prediction.image.shape[:2]
+    canvas = heatmap_canvas((height, width), result.heatmap, prediction.region)  # (H, W)
+    png = render_overlay_png(prediction.image, result.heatmap, canvas=canvas)
+    heatmap_png = render_heatmap_png(canvas)
     twin_index = int(np.argmax(result.probabilities))
     agrees = twin_index == prediction.class_index
     if not agrees:
@@ -92,6 +96,7 @@ def explain_prediction(
     height, width = prediction.image.shape[:2]
     return GradcamOutcome(
         png=png,
+        heatmap_png=heatmap_png,
         class_index=int(result.class_index),
         class_name=model.classes[int(result.class_index)],
         layer=model.gradcam_layer,

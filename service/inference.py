@@ -6,6 +6,7 @@ The work runs in worker threads (``anyio.to_thread.run_sync``), never on the eve
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from service.dicom import decode_dicom, is_dicom
-from service.errors import OverloadedError
+from service.errors import NotBrainMriError, OverloadedError
 from service.explanations import GradcamEngines, GradcamOutcome, explain_prediction
 from service.metrics import ServiceMetrics
 from service.model_repository import ServedModel
@@ -64,6 +65,8 @@ class Prediction:
     decode_s: float
     preprocess_s: float
     inference_s: float
+    ood_score: float | None = None
+    """The input-validity score of the graph (higher: less like a brain MRI slice); None without a check."""
 
     @property
     def class_index(self) -> int:
@@ -79,18 +82,46 @@ class Prediction:
 
 
 @dataclass(frozen=True)
+class InputValidity:
+    """The input-validity check of one prediction: ``accepted`` is None when the model has no check."""
+
+    checked: bool
+    enforced: bool
+    score: float | None
+    threshold: float | None
+
+    @property
+    def accepted(self) -> bool | None:
+        if self.score is None or self.threshold is None:
+            return None
+        return math.isfinite(self.score) and self.score <= self.threshold  # NaN is never accepted
+
+    @classmethod
+    def of(cls, prediction: Prediction, enforced: bool) -> InputValidity:
+        threshold = prediction.model.ood_threshold
+        checked = threshold is not None and prediction.ood_score is not None
+        score = prediction.ood_score
+        return cls(checked, enforced and checked, None if score is None else round(score, 6), threshold)
+
+
+@dataclass(frozen=True)
 class PredictionOutcome:
-    """A prediction, its optional Grad-CAM and the seconds spent waiting for a slot."""
+    """A prediction, its input-validity check, its optional Grad-CAM and the seconds spent waiting for a slot.
+
+    ``uncertain``: the confidence is below the ``min_confidence`` the request asked for; no label is given.
+    """
 
     prediction: Prediction
+    validity: InputValidity
     gradcam: GradcamOutcome | None
     queue_s: float
+    uncertain: bool = False
 
 
 def decode_upload(data: bytes, content_type: str | None, *, max_pixels: int) -> npt.NDArray[np.uint8]:
     """Upload bytes -> uint8 RGB (H, W, 3): DICOM by its magic or content type, other images by content."""
     if is_dicom(data, content_type):
-        return decode_dicom(data, max_pixels=max_pixels)
+        return decode_dicom(data, max_pixels=max_pixels, require_brain_mri=True)
     return decode_image(data, max_pixels=max_pixels)
 
 
@@ -104,11 +135,12 @@ def predict_upload(
     single_input, region = apply_recipe_with_region(image, model.recipe)  # (height, width, 3) float32
     model_input = single_input[np.newaxis]  # (1, height, width, 3)
     preprocessed = time.perf_counter()
-    probabilities = model.predict(model_input)[0]  # (C,)
+    probabilities, scores = model.run(model_input)  # (1, C), (1,) or None
     finished = time.perf_counter()
     prediction = Prediction(
         model=model,
-        probabilities=probabilities,
+        probabilities=probabilities[0],
+        ood_score=None if scores is None else float(scores[0]),
         image=image,
         model_input=model_input,
         region=region,
@@ -133,7 +165,9 @@ class InferenceService:
         limiter: PredictionLimiter,
         gradcam_engines: GradcamEngines,
         max_pixels: int,
+        enforce_input_validity: bool = True,
     ) -> None:
+        self.enforce_input_validity = enforce_input_validity
         self.metrics = metrics
         self.limiter = limiter
         self.gradcam_engines = gradcam_engines
@@ -147,18 +181,39 @@ class InferenceService:
         *,
         gradcam: bool,
         gradcam_class: int | None = None,
+        min_confidence: float | None = None,
     ) -> PredictionOutcome:
-        """Classify ``data`` with ``model``; with ``gradcam``, explain ``gradcam_class`` (None: the label)."""
+        """Classify ``data`` with ``model``; with ``gradcam``, explain ``gradcam_class`` (None: the label).
+
+        Raises :class:`NotBrainMriError` when the input-validity check is enforced and refuses the upload
+        (before any Grad-CAM is computed).
+        """
         async with self.limiter.slot() as queue_s:
             prediction = await anyio.to_thread.run_sync(self._predict_sync, model, data, content_type)
+            validity = InputValidity.of(prediction, self.enforce_input_validity)
+            if validity.enforced and validity.accepted is False:
+                raise NotBrainMriError(
+                    "The image does not look like a brain MRI slice (its input-validity score "
+                    f"{_score_text(validity.score)} is above the threshold {validity.threshold:.4g} of model "
+                    f"{model.name}), so no tumour label is given. Send an axial, coronal or sagittal brain "
+                    "MRI "
+                    "slice.",
+                    in_distribution=validity,
+                )
+            uncertain = min_confidence is not None and prediction.confidence < min_confidence
             explanation = None
             if gradcam:
                 explanation = await anyio.to_thread.run_sync(
                     explain_prediction, self.gradcam_engines, prediction, gradcam_class
                 )
                 self.metrics.observe_stage(model.name, "gradcam", explanation.seconds)
-        self.metrics.predictions.labels(model=model.name, label=prediction.label).inc()
-        return PredictionOutcome(prediction=prediction, gradcam=explanation, queue_s=queue_s)
+        label = "uncertain" if uncertain else prediction.label
+        self.metrics.predictions.labels(model=model.name, label=label).inc()
+        return PredictionOutcome(prediction, validity, explanation, queue_s, uncertain)
 
     def _predict_sync(self, model: ServedModel, data: bytes, content_type: str | None) -> Prediction:
         return predict_upload(model, data, content_type, max_pixels=self.max_pixels, metrics=self.metrics)
+
+
+def _score_text(score: float | None) -> str:
+    return "not a number" if score is None or not math.isfinite(score) else f"{score:.4g}"

@@ -111,6 +111,13 @@ class ServedModel:
         inputs = [tensor.name for tensor in session.get_inputs()]
         outputs = [tensor.name for tensor in session.get_outputs()]
         wanted_input, wanted_output = self.manifest["onnx"]["input"], self.manifest["onnx"]["output"]
+        validity = self.manifest.get("input_validity")
+        if validity and str(validity["output"]) not in outputs:
+            raise ModelRepositoryError(
+                f"The ONNX graph of model {self.name} has no output {validity['output']!r}, which its "
+                "manifest's "
+                "input-validity check reads; refit it with `python -m exporter.refit`."
+            )
         if inputs != [wanted_input] or wanted_output not in outputs:
             raise ModelRepositoryError(
                 f"The ONNX graph of model {self.name} has inputs {inputs} and outputs {outputs}, "
@@ -131,13 +138,39 @@ class ServedModel:
         height, width, channels = self.input_shape
         self.predict(np.zeros((1, height, width, channels), dtype=np.float32))
 
+    @property
+    def ood_threshold(self) -> float | None:
+        """Input-validity scores above this are refused; None when the entry has no check."""
+        validity = self.manifest.get("input_validity")
+        return None if not validity else float(validity["threshold"])
+
+    @property
+    def temperature(self) -> float | None:
+        """The calibration temperature folded into the graph's probabilities (None: uncalibrated)."""
+        calibration = self.manifest.get("calibration")
+        return None if not calibration else float(calibration["temperature"])
+
     def predict(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """(N, height, width, 3) float32 in [0, 255] -> (N, C) class probabilities."""
+        return self.run(batch)[0]
+
+    def run(
+        self, batch: npt.NDArray[np.float32]
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32] | None]:
+        """One ONNX Runtime run: (N, C) class probabilities and the (N,) input-validity scores (None without
+        a check)."""
         if self.session is None:
             raise RuntimeError(f"model {self.name} is not loaded")
-        output_name = self.manifest["onnx"]["output"]
-        (probabilities,) = self.session.run([output_name], {self.manifest["onnx"]["input"]: batch})
-        probabilities = np.asarray(probabilities, dtype=np.float32)  # (N, C) or (N, 1) for a sigmoid
+        names = [self.manifest["onnx"]["output"]]
+        validity = self.manifest.get("input_validity")
+        if validity:
+            names.append(str(validity["output"]))
+        outputs = self.session.run(names, {self.manifest["onnx"]["input"]: batch})
+        scores = None if len(outputs) == 1 else np.asarray(outputs[1], dtype=np.float32).reshape(-1)  # (N,)
+        return self._as_probabilities(outputs[0]), scores
+
+    def _as_probabilities(self, raw: object) -> npt.NDArray[np.float32]:
+        probabilities = np.asarray(raw, dtype=np.float32)  # (N, C) or (N, 1) for a sigmoid
         if probabilities.ndim == 2 and probabilities.shape[1] == 1 and len(self.classes) == 2:
             probabilities = np.concatenate([1.0 - probabilities, probabilities], axis=1)  # (N, 2)
         if probabilities.ndim != 2 or probabilities.shape[1] != len(self.classes):

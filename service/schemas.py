@@ -22,10 +22,56 @@ class ErrorResponse(BaseModel):
     error_type: str = Field(
         description=(
             "Machine-readable kind of error: invalid_image, unauthorized, unknown_model, not_found, "
-            "upload_too_large, image_too_large, unsupported_media_type, validation_error, overloaded, "
-            "not_ready, internal_error."
+            "upload_too_large, image_too_large, unsupported_media_type, validation_error, not_brain_mri, "
+            "overloaded, not_ready, internal_error."
         ),
         examples=["invalid_image"],
+    )
+
+
+class InDistribution(BaseModel):
+    """The input-validity check: does the upload look like the brain MRI slices the model was made for?"""
+
+    checked: bool = Field(
+        description="Whether the model has an input-validity check (every bundled model has one).",
+        examples=[True],
+    )
+    enforced: bool = Field(
+        description=(
+            "Whether an upload that fails the check is refused (422 not_brain_mri). false only when the "
+            "service "
+            "runs with MRI_INPUT_VALIDITY=false (research use): the answer is then given whatever the score."
+        ),
+        examples=[True],
+    )
+    score: float | None = Field(
+        description=(
+            "Input-validity score: the cosine distance of the image's features to the nearest training brain "
+            "slice, in units of what validation slices reach (higher: less like a brain MRI slice). null "
+            "when "
+            "not checked, or when the score is not a number."
+        ),
+        examples=[0.41],
+    )
+    threshold: float | None = Field(
+        description="Scores above this are refused (set on the validation subset at export time).",
+        examples=[1.0],
+    )
+    accepted: bool | None = Field(
+        description="score <= threshold: the upload looks like a brain MRI slice. null when not checked.",
+        examples=[True],
+    )
+
+
+class NotBrainMriResponse(ErrorResponse):
+    """A 422 body: ``validation_error``, or ``not_brain_mri`` (not a brain MRI slice: no tumour label)."""
+
+    in_distribution: InDistribution | None = Field(
+        default=None,
+        description=(
+            "not_brain_mri only: the input-validity check that refused the pixels; null when the DICOM "
+            "attributes (Modality, body part) refused the file."
+        ),
     )
 
 
@@ -43,7 +89,18 @@ class GradcamResponse(BaseModel):
     model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
 
     png_base64: str = Field(
-        description="PNG of the heat map blended over the original image, base64 (standard alphabet).",
+        description=(
+            "PNG of the heat map blended over the whole original image (colour in proportion to the heat, "
+            "JET "
+            "from blue to red, a colour scale along the bottom edge), base64 (standard alphabet)."
+        ),
+        examples=["iVBORw0KGgoAAAANSUhEUgAA..."],
+    )
+    heatmap_png_base64: str = Field(
+        description=(
+            "The raw heat map as an 8-bit greyscale PNG at the uploaded image's size, base64: 255 is the "
+            "hottest pixel, 0 cold or outside the region the model saw. Draw it yourself with any colour map."
+        ),
         examples=["iVBORw0KGgoAAAANSUhEUgAA..."],
     )
     class_name: str = Field(
@@ -92,12 +149,35 @@ class PredictResponse(BaseModel):
         description="Id of this request (also the X-Request-ID header); quote it in reports.",
         examples=["6f1c2b0e4a8d4f7e9b3c5d2a1e0f9c8b"],
     )
-    label: str = Field(description="The most probable class.", examples=["glioma"])
-    confidence: float = Field(ge=0.0, le=1.0, description="Probability of the label (0-1).", examples=[0.93])
+    status: Literal["ok", "uncertain"] = Field(
+        description=(
+            "ok: label holds the most probable class. uncertain: its probability is below the min_confidence "
+            "the request asked for, so no label is given (the probabilities still are). An upload that is "
+            "not "
+            "a brain MRI slice gets no 200 at all, but 422 not_brain_mri."
+        ),
+        examples=["ok"],
+    )
+    label: str | None = Field(
+        description="The most probable class; null when status is 'uncertain'.", examples=["glioma"]
+    )
+    confidence: float = Field(
+        ge=0.0,
+        le=1.0,
+        description="Calibrated probability of the most probable class (0-1; temperature-scaled at export).",
+        examples=[0.93],
+    )
+    min_confidence: float | None = Field(
+        description="The confidence floor the request asked for (null: none).", examples=[None]
+    )
     probabilities: dict[str, float] = Field(
-        description="Probability of each class of the model (0-1, summing to 1), in the model's class order.",
+        description=(
+            "Calibrated probability of each class of the model (0-1, summing to 1), in the model's class "
+            "order."
+        ),
         examples=[{"glioma": 0.93, "meningioma": 0.04, "no_tumor": 0.01, "pituitary": 0.02}],
     )
+    in_distribution: InDistribution = Field(description="The input-validity check of this upload.")
     model: ModelReference = Field(description="The model that answered.")
     gradcam: GradcamResponse | None = Field(description="The Grad-CAM heat map when asked for, else null.")
     timings_ms: StageTimings = Field(description="Time spent in each stage, in milliseconds.")

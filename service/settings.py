@@ -65,6 +65,11 @@ class Settings(BaseSettings):
     ``gradcam_default`` is on): the first Grad-CAM then answers at once instead of after TensorFlow's import
     and a trace (seconds to tens of seconds), at the price of a later readiness and more resident memory."""
 
+    input_validity: bool = True
+    """Refuse (422 ``not_brain_mri``) an upload whose input-validity score is above its model's threshold.
+    false is for research only: every answer is then given, and its ``in_distribution.enforced`` says the
+    check was off."""
+
     max_concurrency: int = Field(default=4, ge=1, le=256)
     """Predictions that run at once; the others wait for a free slot."""
 

@@ -113,3 +113,62 @@ def plot_roc_curves(metrics: Mapping[str, Any], path: Path, title: str = "ROC, o
 def _as_floats(values: Sequence[Any]) -> np.ndarray:
     """History values as floats; ``None`` (a NaN in JSON) becomes NaN, which matplotlib leaves as a gap."""
     return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+
+
+def plot_reliability(
+    before: Mapping[str, Any], after: Mapping[str, Any], path: Path, title: str = "Reliability diagram"
+) -> None:
+    """Accuracy against mean confidence per confidence bin, before and after calibration."""
+    fig, (ax, counts_ax) = plt.subplots(
+        2, 1, figsize=(5.5, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    try:
+        ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfectly calibrated")
+        for figures, name, colour in ((before, "before", "tab:red"), (after, "after", "tab:blue")):
+            rows = [row for row in figures["reliability"] if row["count"] > 0]
+            ax.plot(
+                [row["confidence"] for row in rows],
+                [row["accuracy"] for row in rows],
+                marker="o",
+                color=colour,
+                label=f"{name}: ECE {figures['ece']:.3f}",
+            )
+        centres = [(row["low"] + row["high"]) / 2 for row in after["reliability"]]
+        width = 1.0 / max(len(centres), 1)
+        counts_ax.bar(
+            centres, [row["count"] for row in after["reliability"]], width=width * 0.9, color="tab:blue"
+        )
+        counts_ax.set_ylabel("images (after)")
+        counts_ax.set_xlabel("confidence (top probability)")
+        ax.set_ylabel("accuracy")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.set_title(title)
+        ax.legend(loc="upper left")
+        fig.tight_layout()
+        fig.savefig(path, dpi=DPI)
+    finally:
+        plt.close(fig)
+
+
+def plot_selective(
+    curve: Sequence[Mapping[str, Any]], path: Path, title: str = "Selective prediction"
+) -> None:
+    """Accuracy of the answered images against the share answered, as the confidence floor rises."""
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    try:
+        coverage = [row["coverage"] for row in curve]
+        accuracy = [row["accuracy"] for row in curve]
+        ax.plot(coverage, accuracy, marker="o", color="tab:blue")
+        for row in curve[::4]:
+            ax.annotate(f"{row['min_confidence']:.2f}", (row["coverage"], row["accuracy"]), fontsize=7,
+                        textcoords="offset points", xytext=(4, -10))  # fmt: skip
+        ax.set_xlabel("coverage (share of images answered)")
+        ax.set_ylabel("accuracy of the answered images")
+        ax.set_xlim(0, 1.02)
+        ax.set_title(title + " (labels: min_confidence)")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(path, dpi=DPI)
+    finally:
+        plt.close(fig)

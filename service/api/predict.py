@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import math
 import time
 from typing import Annotated
 
@@ -14,7 +15,14 @@ from service.errors import InvalidRequestError, NotReadyError, UploadTooLargeErr
 from service.explanations import GradcamOutcome
 from service.inference import PredictionOutcome
 from service.model_repository import ServedModel
-from service.schemas import DISCLAIMER, GradcamResponse, ModelReference, PredictResponse, StageTimings
+from service.schemas import (
+    DISCLAIMER,
+    GradcamResponse,
+    InDistribution,
+    ModelReference,
+    PredictResponse,
+    StageTimings,
+)
 
 router = APIRouter(tags=["prediction"], dependencies=[Depends(require_api_key)])
 
@@ -53,6 +61,16 @@ GradcamClassQuery = Annotated[
         examples=["meningioma"],
     ),
 ]
+MinConfidenceQuery = Annotated[
+    float | None,
+    Query(
+        ge=0.0,
+        le=1.0,
+        description="Abstain below this calibrated confidence: the answer is then status 'uncertain' with no "
+        "label (selective prediction; each model's report gives the accuracy reached at each floor).",
+        examples=[0.9],
+    ),
+]
 
 
 @router.post(
@@ -72,10 +90,13 @@ async def predict(
     model: ModelQuery = None,
     gradcam: GradcamQuery = None,
     gradcam_class: GradcamClassQuery = None,
+    min_confidence: MinConfidenceQuery = None,
 ) -> PredictResponse:
     """Decode the upload, preprocess it with the model's own recipe and classify it with ONNX Runtime.
 
-    Research use only: the answer is not a medical diagnosis.
+    An upload that does not look like a brain MRI slice is refused with 422 not_brain_mri (no label);
+    below min_confidence the answer is status 'uncertain' without a label. Research use only: the answer is
+    not a medical diagnosis.
     """
     started = time.perf_counter()
     served = repository.get(model)
@@ -93,14 +114,19 @@ async def predict(
         )
     data = await file.read()
     outcome = await inference.predict(
-        served, data, file.content_type, gradcam=want_gradcam, gradcam_class=class_index
+        served,
+        data,
+        file.content_type,
+        gradcam=want_gradcam,
+        gradcam_class=class_index,
+        min_confidence=min_confidence,
     )
-    context.label = outcome.prediction.label
+    context.label = "uncertain" if outcome.uncertain else outcome.prediction.label
     timings = _timings(outcome, total_s=time.perf_counter() - started)
     response.headers["Server-Timing"] = ", ".join(
         f"{stage};dur={ms:.1f}" for stage, ms in timings.model_dump().items() if ms is not None
     )
-    return _answer(outcome, context.request_id, timings)
+    return _answer(outcome, context.request_id, timings, min_confidence)
 
 
 def _gradcam_class_index(model: ServedModel, gradcam_class: str | None) -> int | None:
@@ -126,13 +152,26 @@ def _timings(outcome: PredictionOutcome, total_s: float) -> StageTimings:
     )
 
 
-def _answer(outcome: PredictionOutcome, request_id: str, timings: StageTimings) -> PredictResponse:
+def _answer(
+    outcome: PredictionOutcome, request_id: str, timings: StageTimings, min_confidence: float | None
+) -> PredictResponse:
     prediction = outcome.prediction
     served = prediction.model
+    validity = outcome.validity
+    score = validity.score
     return PredictResponse(
         request_id=request_id,
-        label=prediction.label,
+        status="uncertain" if outcome.uncertain else "ok",
+        label=None if outcome.uncertain else prediction.label,
         confidence=prediction.confidence,
+        min_confidence=min_confidence,
+        in_distribution=InDistribution(
+            checked=validity.checked,
+            enforced=validity.enforced,
+            score=score if score is not None and math.isfinite(score) else None,
+            threshold=validity.threshold,
+            accepted=validity.accepted,
+        ),
         probabilities={
             name: float(p) for name, p in zip(served.classes, prediction.probabilities, strict=True)
         },
@@ -147,6 +186,7 @@ def _gradcam_answer(gradcam: GradcamOutcome) -> GradcamResponse:
     return GradcamResponse.model_validate(
         {
             "png_base64": base64.b64encode(gradcam.png).decode("ascii"),
+            "heatmap_png_base64": base64.b64encode(gradcam.heatmap_png).decode("ascii"),
             "class": gradcam.class_name,
             "layer": gradcam.layer,
             "width": gradcam.width,

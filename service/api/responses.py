@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
-from service.schemas import ErrorResponse
+from service.schemas import ErrorResponse, NotBrainMriResponse
 
 # status -> {error_type: example sentence}
 ERROR_EXAMPLES: Final[Mapping[int, Mapping[str, str]]] = {
@@ -30,6 +30,9 @@ ERROR_EXAMPLES: Final[Mapping[int, Mapping[str, str]]] = {
     422: {
         "validation_error": "The query parameter 'gradcam' is invalid: Input should be a valid boolean, "
         "unable to interpret input (got 'maybe').",
+        "not_brain_mri": "The image does not look like a brain MRI slice (its input-validity score 3.217 is "
+        "above the threshold 1 of model sartaj-4class), so no tumour label is given. Send an axial, coronal "
+        "or sagittal brain MRI slice.",
     },
     429: {
         "overloaded": "The service is busy: all 4 prediction slots stayed taken for 2 s. Retry in a moment.",
@@ -49,7 +52,9 @@ _DESCRIPTIONS: Final[Mapping[int, str]] = {
     404: "Unknown model (or unknown route).",
     413: "Too many bytes (upload limit) or too many pixels (declared in the image header).",
     415: "Not multipart/form-data, or an image format the service does not read (GIF, WebP...).",
-    422: "A field or query parameter is missing or invalid.",
+    422: "A field or query parameter is missing or invalid (validation_error), or the upload is not a brain "
+    "MRI slice (not_brain_mri: refused by the input-validity check, with in_distribution, or by its DICOM "
+    "Modality / body part): no tumour label is given.",
     429: "Overloaded: no prediction slot freed up within the queue timeout. Retry later.",
     500: "Unexpected failure (logged with the request id).",
     503: "The models are still loading or warming up.",
@@ -60,14 +65,14 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """``responses=`` for ``statuses``: the ErrorResponse schema and one named example per error type."""
     return {
         status: {
-            "model": ErrorResponse,
+            "model": NotBrainMriResponse if status == 422 else ErrorResponse,
             "description": _DESCRIPTIONS[status],
             "content": {
                 "application/json": {
                     "examples": {
                         error_type: {
                             "summary": error_type,
-                            "value": {"error": sentence, "error_type": error_type},
+                            "value": _example_body(error_type, sentence),
                         }
                         for error_type, sentence in ERROR_EXAMPLES[status].items()
                     }
@@ -76,3 +81,12 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         }
         for status in statuses
     }
+
+
+def _example_body(error_type: str, sentence: str) -> dict[str, Any]:
+    body: dict[str, Any] = {"error": sentence, "error_type": error_type}
+    if error_type == "not_brain_mri":
+        body["in_distribution"] = {
+            "checked": True, "enforced": True, "score": 3.217, "threshold": 1.0, "accepted": False,
+        }  # fmt: skip
+    return body

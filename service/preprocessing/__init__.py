@@ -9,6 +9,7 @@ from service.preprocessing.errors import (
     ImageDecodeError,
     ImageError,
     ImageTooLargeError,
+    NotBrainMriImageError,
     UnsupportedImageFormatError,
 )
 from service.preprocessing.filters import bilateral_filter, resize_to, stretch_contrast
@@ -33,6 +34,7 @@ __all__ = [
     "ImageDecodeError",
     "ImageError",
     "ImageTooLargeError",
+    "NotBrainMriImageError",
     "Recipe",
     "Step",
     "UnsupportedImageFormatError",

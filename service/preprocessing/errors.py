@@ -43,3 +43,10 @@ class UnsupportedImageFormatError(ImageError):
 
     status_code = 415
     error_type = "unsupported_media_type"
+
+
+class NotBrainMriImageError(ImageError):
+    """HTTP 422 ``not_brain_mri``: a DICOM file whose Modality or body part says it is not a brain MRI."""
+
+    status_code = 422
+    error_type = "not_brain_mri"

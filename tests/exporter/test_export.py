@@ -19,10 +19,11 @@ from onnx import numpy_helper
 import exporter.export
 from exporter.cli import main
 from exporter.convert import convert_keras_to_onnx
-from exporter.manifest import REQUIRED_KEYS, file_sha256, load_entry, validate_manifest
+from exporter.manifest import REQUIRED_KEYS, file_sha256, load_entry, load_manifest, validate_manifest
 from exporter.parity import preprocess_items
 from exporter.quantize import MAKERS, Float32Baseline, measure_variant
 from service.preprocessing import Recipe
+from training.calibration import softmax
 from training.splits import load_split
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
@@ -97,16 +98,22 @@ def test_parity_figures_are_recorded(exported: Path) -> None:
 
 def test_onnx_graph_has_named_tensors_and_a_dynamic_batch(exported: Path) -> None:
     graph = onnx.load(exported / "model.onnx").graph
-    assert [i.name for i in graph.input] == ["image"] and [o.name for o in graph.output] == ["probabilities"]
+    outputs = [o.name for o in graph.output]
+    assert [i.name for i in graph.input] == ["image"] and outputs == ["probabilities", "logits", "ood_score"]
     assert graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
 
     session = ort.InferenceSession(exported / "model.onnx", providers=["CPUExecutionProvider"])
     model = keras.models.load_model(exported / "model.keras", compile=False)
     x = np.random.default_rng(0).uniform(0, 255, (3, 64, 64, 3)).astype(np.float32)
+    temperature = load_manifest(exported)["calibration"]["temperature"]
     for batch in (x[:1], x):
-        (probabilities,) = session.run(["probabilities"], {"image": batch})
-        assert probabilities.shape == (len(batch), 4)
-        np.testing.assert_allclose(probabilities, keras.ops.convert_to_numpy(model(batch)), atol=1e-5)
+        probabilities, logits, scores = session.run(
+            ["probabilities", "logits", "ood_score"], {"image": batch}
+        )
+        assert probabilities.shape == (len(batch), 4) and scores.shape == (len(batch),)
+        # the logits are the twin's; the probabilities are the tempered softmax of them
+        np.testing.assert_allclose(softmax(logits), keras.ops.convert_to_numpy(model(batch)), atol=1e-5)
+        np.testing.assert_allclose(probabilities, softmax(logits, temperature), atol=1e-5)
 
 
 def test_a_taken_name_is_refused_without_force(

@@ -55,6 +55,8 @@ def write_entry(folder: Path) -> dict[str, Any]:
         parity={"images": 32, "max_abs_diff": 3e-8, "argmax_agreement": 1.0, "tolerance": 1e-4},
         versions={"onnxruntime": "1.32.0"},
         created="2026-01-01T00:00:00+00:00",
+        calibration={"temperature": 1.25},
+        input_validity={"threshold": 1.0, "output": "ood_score"},
     )
     write_manifest(folder / "manifest.json", manifest)
     return manifest

@@ -49,6 +49,27 @@ def _tiny_cnn(classes: int) -> Any:
     return keras.Model(image, probabilities, name="tiny")
 
 
+TINY_TEMPERATURE = 1.5
+TINY_THRESHOLD = 1.0e6
+
+
+def _with_trust_head(proto: Any, model: Any, images: npt.NDArray[np.float32]) -> Any:
+    """The exporter's trust head on a tiny graph: temperature, and a k-NN score on the last conv map."""
+    import keras
+    import onnxruntime as ort
+
+    from exporter.trust_graph import FeatureTap, add_trust_head, choose_layout, layer_tensor, with_outputs
+
+    tensor = layer_tensor(proto, GRADCAM_LAYER)
+    probe = ort.InferenceSession(with_outputs(proto, [tensor]).SerializeToString())
+    (onnx_map,) = probe.run([tensor], {"image": images[:2]})
+    keras_map = keras.Model(model.input, model.get_layer(GRADCAM_LAYER).output)(images[:2])
+    layout = choose_layout(np.asarray(onnx_map), np.asarray(keras_map).mean(axis=(1, 2)))
+    bank = np.eye(16, dtype=np.float32)  # 16 unit rows: the channels of the last conv
+    tap = FeatureTap(GRADCAM_LAYER, tensor, layout)
+    return add_trust_head(proto, temperature=TINY_TEMPERATURE, taps=[tap], banks=[bank], scales=[1.0])
+
+
 def _write_entry(repository: Path, name: str, task: str) -> None:
     import keras
     import onnx
@@ -68,7 +89,7 @@ def _write_entry(repository: Path, name: str, task: str) -> None:
         warnings.simplefilter("ignore", DeprecationWarning)
         model.fit(images, labels, batch_size=8, epochs=1, verbose=0)  # a few steps: not the initial weights
         model.save(entry / "model.keras")
-    onnx.save(convert_keras_to_onnx(model), entry / "model.onnx")
+    onnx.save(_with_trust_head(convert_keras_to_onnx(model), model, images), entry / "model.onnx")
     manifest = {
         "format": FORMAT,
         "name": name,
@@ -97,6 +118,10 @@ def _write_entry(repository: Path, name: str, task: str) -> None:
         "evaluation": {"split": {"path": "synthetic", "sha256": "0" * 64}, "test": {"accuracy": 0.25}},
         "parity": {"images": 1, "max_abs_diff": 0.0, "argmax_agreement": 1.0, "tolerance": 1e-4},
         "created": "2024-01-01T00:00:00Z",
+        # plumbing only: a real temperature-scaled graph with a k-NN score, but a threshold that accepts
+        # everything (the bundled models' real checks are tested in test_input_validity.py)
+        "calibration": {"temperature": TINY_TEMPERATURE},
+        "input_validity": {"threshold": TINY_THRESHOLD, "output": "ood_score"},
     }
     assert validate_manifest(manifest, entry) == []
     write_manifest(entry / "manifest.json", manifest)

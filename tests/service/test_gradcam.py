@@ -16,7 +16,7 @@ import pytest
 
 import service.gradcam
 from service.gradcam import GradcamEngine, GradcamError, build_grad_model, make_gradcam_heatmap
-from service.gradcam_render import render_overlay_png
+from service.gradcam_render import heatmap_canvas, render_heatmap_png, render_overlay_png
 from service.preprocessing import apply_recipe, apply_recipe_with_region, decode_image, make_recipe
 
 SIZE = 64
@@ -226,21 +226,20 @@ def test_overlay_png_keeps_the_original_size(data_root: Path, hot_corner: npt.ND
     assert not np.array_equal(cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB), original)
 
 
-def test_overlay_colours_are_hot_red_cold_blue(hot_corner: npt.NDArray[np.float32]) -> None:
+def test_overlay_is_red_where_hot_and_the_image_where_cold(hot_corner: npt.NDArray[np.float32]) -> None:
     grey = np.full((70, 140, 3), 128, np.uint8)
     decoded = cv2.imdecode(np.frombuffer(render_overlay_png(grey, hot_corner), np.uint8), cv2.IMREAD_COLOR)
     assert decoded is not None and decoded.shape == grey.shape
     rgb = cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
     red, green, blue = (int(v) for v in rgb[2, 2])
     assert red > green + 30 and red > blue + 30  # 0.4 * JET's hot end, dark red (128, 0, 0), + 0.6 * grey
-    red, green, blue = (int(v) for v in rgb[-3, -3])
-    assert blue > green + 30 and blue > red + 30  # JET's cold end is dark blue (0, 0, 128)
+    np.testing.assert_array_equal(rgb[30, 5], [128, 128, 128])  # cold: the image itself, no blue wash
     with pytest.raises(ValueError, match="uint8 RGB"):
         render_overlay_png(grey[..., 0], hot_corner)
 
 
 @pytest.mark.realdata
-def test_overlay_covers_only_the_region_the_model_saw(
+def test_overlay_has_no_edge_at_the_crop_and_the_raw_map_is_zero_outside(
     data_root: Path, hot_corner: npt.NDArray[np.float32]
 ) -> None:
     original = decode_image((data_root / SLICE).read_bytes())  # (H, W, 3)
@@ -251,7 +250,16 @@ def test_overlay_covers_only_the_region_the_model_saw(
     rgb = cv2.cvtColor(cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     outside = np.ones(original.shape[:2], bool)
     outside[y0:y1, x0:x1] = False
+    bar_rows = original.shape[0] // 40 + original.shape[0] // 80 + 4  # the colour scale along the bottom
+    outside[-bar_rows:] = False
     np.testing.assert_array_equal(rgb[outside], original[outside])  # untouched outside the crop
+    # no hard rectangle: along the crop's far edges, where the map is cold, the overlay is the image itself
+    far = rgb[y0 + (y1 - y0) // 2 : y1 - bar_rows, x1 - 1]
+    np.testing.assert_array_equal(far, original[y0 + (y1 - y0) // 2 : y1 - bar_rows, x1 - 1])
+    canvas = heatmap_canvas(original.shape[:2], hot_corner, region)
+    raw = cv2.imdecode(np.frombuffer(render_heatmap_png(canvas), np.uint8), cv2.IMREAD_UNCHANGED)
+    assert raw.shape == original.shape[:2] and raw.dtype == np.uint8  # greyscale, the upload's size
+    assert raw[y0, x0] == 255 and raw.max() == 255 and not raw[outside].any()
     red, green, blue = (int(v) for v in rgb[y0 + 2, x0 + 2])  # the hot corner sits at the crop's corner
     assert red > green + 30 and red > blue + 30
     with pytest.raises(ValueError, match="does not lie inside"):

@@ -62,10 +62,12 @@ def test_every_error_status_is_documented_with_an_example(schema: dict[str, Any]
         assert set(responses) - {"200"} == statuses, path
         for status in statuses:
             content = responses[status]["content"]["application/json"]
-            assert content["schema"] == {"$ref": "#/components/schemas/ErrorResponse"}
+            body = "NotBrainMriResponse" if status == "422" else "ErrorResponse"
+            assert content["schema"] == {"$ref": f"#/components/schemas/{body}"}
             assert content["examples"], (path, status)
-            for example in content["examples"].values():
-                assert set(example["value"]) == {"error", "error_type"}
+            for name, example in content["examples"].items():
+                extra = {"in_distribution"} if name == "not_brain_mri" else set()
+                assert set(example["value"]) == {"error", "error_type"} | extra
     assert (
         "HTTPValidationError" not in schema["components"]["schemas"]
     )  # FastAPI's own 422 shape is never sent

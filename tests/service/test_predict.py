@@ -248,14 +248,14 @@ def test_overload_answers_429_and_the_held_request_still_succeeds(
 ) -> None:
     client = make_client(max_concurrency=1, queue_timeout_s=0.2)
     entered, release = threading.Event(), threading.Event()
-    original = ServedModel.predict
+    original = ServedModel.run
 
-    def slow_predict(self: ServedModel, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    def slow_run(self: ServedModel, batch: npt.NDArray[np.float32]) -> Any:
         entered.set()
         assert release.wait(30)
         return original(self, batch)
 
-    monkeypatch.setattr(ServedModel, "predict", slow_predict)
+    monkeypatch.setattr(ServedModel, "run", slow_run)
     with ThreadPoolExecutor(max_workers=1) as pool:
         held = pool.submit(predict, client, brain_png)
         assert entered.wait(30)
