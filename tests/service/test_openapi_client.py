@@ -27,6 +27,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+from pydicom.data import get_testdata_file
 
 OPENAPI_JSON = Path(__file__).resolve().parents[2] / "openapi.json"
 GLIOMA_SLICE = "sartaj-brain-tumor-mri/Testing/glioma_tumor/image(1).jpg"
@@ -144,6 +145,11 @@ def test_predict_a_real_slice_through_the_generated_client(
     assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-4)
     assert answer.confidence == pytest.approx(max(probabilities.values()))
     assert answer.model.name == "tiny-4class"
+    assert answer.status == "ok"  # the new fields of trustworthy answers, typed by the generated client
+    validity = answer.in_distribution
+    assert isinstance(validity, generated.model("InDistribution"))
+    assert validity.checked and validity.enforced and validity.accepted is True
+    assert isinstance(validity.score, float) and validity.score <= validity.threshold
     assert answer.gradcam is None
     assert "not a medical diagnosis" in answer.disclaimer
     assert answer.request_id == response.headers["x-request-id"]
@@ -167,6 +173,11 @@ def test_gradcam_through_the_generated_client(
     assert isinstance(gradcam, generated.model("GradcamResponse"))
     assert gradcam.class_ == answer.label
     assert gradcam.layer and isinstance(gradcam.agrees_with_onnx, bool)
+    raw = cv2.imdecode(
+        np.frombuffer(base64.b64decode(gradcam.heatmap_png_base64, validate=True), np.uint8),
+        cv2.IMREAD_UNCHANGED,
+    )
+    assert raw is not None and raw.shape == (gradcam.height, gradcam.width)  # greyscale, the upload's size
     png = base64.b64decode(gradcam.png_base64, validate=True)
     assert png.startswith(PNG_SIGNATURE)
     heat_map = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
@@ -215,6 +226,13 @@ def test_errors_parse_into_the_generated_error_model(
             client=client, body=_upload(generated, data, "slice.jpg", "image/jpeg"), model="resnet"
         )
         unknown_detail = generated.module("api.models.get_model").sync_detailed("resnet", client=client)
+        ct = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+        not_mri = predict.sync_detailed(
+            client=client, body=_upload(generated, ct, "ct.dcm", "application/dicom")
+        )
+    assert not_mri.status_code == 422, not_mri.content  # a refusal is a typed error, never a diagnosis
+    assert isinstance(not_mri.parsed, generated.model("NotBrainMriResponse"))
+    assert not_mri.parsed.error_type == "not_brain_mri" and not hasattr(not_mri.parsed, "label")
     assert not_an_image.status_code == 400, not_an_image.content
     assert isinstance(not_an_image.parsed, error_model)
     assert not_an_image.parsed.error_type == "invalid_image" and not_an_image.parsed.error
