@@ -17,7 +17,6 @@ k-NN on the penultimate features alone, and far more than the energy score (READ
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -343,11 +342,3 @@ def render_trust_markdown(model_name: str, fit: TrustFit) -> str:
     ]
     return "\n".join(lines)
 
-
-def manifest_json(path: Path) -> dict[str, Any]:
-    """The manifest at ``path``, parsed."""
-    try:
-        value: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise ExportError(f"cannot read {path}: {error}") from None
-    return value
