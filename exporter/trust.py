@@ -341,4 +341,3 @@ def render_trust_markdown(model_name: str, fit: TrustFit) -> str:
         "",
     ]
     return "\n".join(lines)
-
