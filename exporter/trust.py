@@ -131,11 +131,14 @@ def fit_trust(
         outputs = probe.run([logits_tensor, *tensors], {INPUT_NAME: images.astype(np.float32)})
         return np.asarray(outputs[0], np.float32), [np.asarray(o, np.float32) for o in outputs[1:]]
 
+    # the model's own val (temperature) and test (figures, the final check), decoded once
+    own_digest = file_sha256(data.own_path)
+    own = {
+        subset: load_subset(data.own, own_digest, subset, data.recipe, cache_dir=data.cache_dir, quiet=True)
+        for subset in ("val", "test")
+    }
     # the ONNX tensor of each layer, checked against Keras on a few real images
-    sample = load_subset(
-        data.own, file_sha256(data.own_path), "val", data.recipe, cache_dir=data.cache_dir, quiet=True
-    )
-    head = sample.images[:4]
+    head = own["val"].images[:4]
     _, maps = run(head)
     keras_maps = keras.Model(model.input, [model.get_layer(layer).output for layer in layers])(
         head.astype(np.float32), training=False
@@ -158,12 +161,7 @@ def fit_trust(
         return np.concatenate(logits), [_unit(np.concatenate(p)) for p in pooled]
 
     # calibration: the model's own val (fit) and test (figures)
-    subsets = {}
-    for subset in ("val", "test"):
-        arrays = load_subset(
-            data.own, file_sha256(data.own_path), subset, data.recipe, cache_dir=data.cache_dir, quiet=True
-        )
-        subsets[subset] = (features(arrays.images)[0], arrays.labels)
+    subsets = {subset: (features(arrays.images)[0], arrays.labels) for subset, arrays in own.items()}
     val_logits, val_labels = subsets["val"]
     temperature = fit_temperature(val_logits, val_labels)
     test_logits, test_labels = subsets["test"]
@@ -225,7 +223,7 @@ def fit_trust(
         "validation": {"n": len(val_scores), "refused": float((val_scores > threshold).mean())},
     }
     trusted = add_trust_head(proto, temperature=temperature, taps=taps, banks=banks, scales=scales)
-    _check_head(trusted, data, temperature, taps, banks, scales, features)
+    _check_head(trusted, own["test"].images[:16], temperature, banks, scales, features)
     return TrustFit(trusted, calibration, input_validity)
 
 
@@ -244,17 +242,13 @@ def _unit(features: FloatArray) -> FloatArray:
 
 def _check_head(
     proto: onnx.ModelProto,
-    data: TrustData,
+    images: npt.NDArray[np.uint8],
     temperature: float,
-    taps: Sequence[FeatureTap],
     banks: Sequence[FloatArray],
     scales: Sequence[float],
     features: Callable[[npt.NDArray[np.uint8]], tuple[FloatArray, list[FloatArray]]],
 ) -> None:
-    """The new graph's outputs equal the NumPy computation on real test images (or ExportError)."""
-    images = load_subset(
-        data.own, file_sha256(data.own_path), "test", data.recipe, cache_dir=data.cache_dir, quiet=True
-    ).images[:16]
+    """The new graph's outputs equal the NumPy computation on real test ``images`` (or ExportError)."""
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     probabilities, logits, scores = session.run(
         ["probabilities", LOGITS_OUTPUT, OOD_OUTPUT], {INPUT_NAME: images.astype(np.float32)}
