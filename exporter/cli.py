@@ -9,7 +9,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from exporter.defaults import DEFAULT_PARITY_IMAGES, DEFAULT_TOLERANCE, MAX_ACCURACY_DROP_POINTS, OPSET
+from exporter.defaults import (
+    DEFAULT_PARITY_IMAGES,
+    DEFAULT_TOLERANCE,
+    MAX_ACCURACY_DROP_POINTS,
+    OPSET,
+    parse_heatmap,
+)
 from exporter.entry import check_target
 from exporter.errors import ExportError
 
@@ -46,12 +52,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="another brain MRI split whose train subset joins the input-validity bank (repeat)")  # fmt: skip
     add("--ood-layer", action="append", metavar="LAYER",
         help="Keras layer feeding the input-validity check (repeat; default: per backbone)")  # fmt: skip
+    add("--gradcam", type=heatmap_argument, metavar="METHOD@LAYER",
+        help="the heat map the entry serves, e.g. layercam@block6d_expand_activation (default: per backbone, "
+        "as measured by python -m training localisation)")  # fmt: skip
     add("--fp16", action="store_true",
         help=f"also publish model.fp16.onnx unless it loses > {MAX_ACCURACY_DROP_POINTS:g} points of test "
         "accuracy")  # fmt: skip
     add("--int8", action="store_true",
         help="also publish model.int8.onnx (static, calibrated on train images), same rule")  # fmt: skip
     return parser
+
+
+def heatmap_argument(text: str) -> tuple[str, str]:
+    """``--gradcam`` METHOD@LAYER as (method, layer); argparse turns the ValueError into a usage error."""
+    try:
+        return parse_heatmap(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -84,6 +101,7 @@ def run(args: argparse.Namespace, command: str) -> int:
         variants=[name for name in ("fp16", "int8") if getattr(args, name)],
         bank_splits=args.ood_bank_split,
         ood_layers=args.ood_layer,
+        heatmap=args.gradcam,
         force=args.force,
         command=command,
     )

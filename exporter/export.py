@@ -24,7 +24,7 @@ import tensorflow as tf
 import tf2onnx
 
 from exporter.convert import check_onnx_model, convert_keras_to_onnx
-from exporter.defaults import DEFAULT_PARITY_IMAGES, DEFAULT_TOLERANCE, OPSET
+from exporter.defaults import DEFAULT_PARITY_IMAGES, DEFAULT_TOLERANCE, OPSET, default_heatmap
 from exporter.entry import publish, staged_entry
 from exporter.errors import ConversionError, ExportError
 from exporter.manifest import (
@@ -85,6 +85,8 @@ class ExportOptions:
     """Other brain MRI splits whose train subsets join the input-validity bank (the run's own always does)."""
     ood_layers: Sequence[str] | None = None
     """Layers of the input-validity check (None: :func:`exporter.trust.default_layers`)."""
+    heatmap: tuple[str, str] | None = None
+    """(method, Keras layer) of the heat map (None: :func:`exporter.defaults.default_heatmap`)."""
     force: bool = False
     command: str | None = None
 
@@ -144,6 +146,8 @@ def fill_entry(
         f"parity on {parity.images} images ({', '.join(f'{n} {s}' for s, n in parity.subsets.items())}):"
         f" max |Δ probability| {parity.max_abs_diff:.3g} <= {parity.tolerance:g}, same class everywhere"
     )
+    method, heatmap_layer = options.heatmap or default_heatmap(run["backbone"], run["gradcam_layer"])
+    check_heatmap_layer(model, heatmap_layer)
     # calibration and input validity, folded into the served graph (its logits output keeps the parity)
     layers = options.ood_layers or default_layers(run["backbone"], run["gradcam_layer"])
     trust_data = load_trust_data(split_path, options.bank_splits, recipe, data_roots=options.data_roots)
@@ -171,7 +175,7 @@ def fill_entry(
             "input": INPUT_NAME,
             "output": OUTPUT_NAME,
         },
-        keras={**file_record(staging / KERAS_FILE), "gradcam_layer": run["gradcam_layer"]},
+        keras={**file_record(staging / KERAS_FILE), "gradcam_layer": heatmap_layer, "gradcam_method": method},
         parity={
             **parity.to_manifest(),
             "split": str(split_path),
@@ -261,6 +265,18 @@ def load_keras_model(path: Path, run: dict[str, Any]) -> keras.Model:
     if not isinstance(layer, str) or layer not in {item.name for item in model.layers}:
         raise ExportError(f"run.json's Grad-CAM layer {layer!r} is not a layer of the model")
     return model
+
+
+def check_heatmap_layer(model: Any, layer: str) -> None:
+    """ExportError unless ``layer`` is a layer of ``model`` with a spatial map (N, h, w, k)."""
+    try:
+        shape = model.get_layer(layer).output.shape
+    except (ValueError, AttributeError):
+        raise ExportError(f"the heat-map layer {layer!r} is not a layer of the model") from None
+    if len(shape) != 4:
+        raise ExportError(
+            f"the heat-map layer {layer!r} gives {tuple(shape)}, not a spatial map (N, h, w, k)"
+        )
 
 
 def make_variants(

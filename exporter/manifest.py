@@ -241,6 +241,10 @@ def load_entry(entry_dir: Path | str, *, check_files: bool = True) -> dict[str, 
 # --- validation ---------------------------------------------------------------------------------------------
 
 
+GRADCAM_METHODS: Final = ("gradcam", "gradcam++", "layercam")
+"""The heat-map weightings an entry may name in ``keras.gradcam_method`` (absent: ``gradcam``)."""
+
+
 def validate_manifest(
     manifest: Mapping[str, Any], entry_dir: Path | str | None = None, check_files: bool = True
 ) -> list[str]:
@@ -258,6 +262,7 @@ def validate_manifest(
     problems += _check_classes(manifest.get("task"), manifest.get("classes"))
     problems += _check_input(manifest)
     problems += _check_parity(manifest.get("parity"))
+    problems += _check_gradcam_method(manifest.get("keras"))
     files = _listed_files(manifest)
     for key, record in files.items():
         problems += _check_record(key, record)
@@ -265,6 +270,17 @@ def validate_manifest(
         for key, record in files.items():
             problems += _check_file(Path(entry_dir), key, record)
     return problems
+
+
+def _check_gradcam_method(keras: Any) -> list[str]:
+    if not isinstance(keras, Mapping) or "gradcam_method" not in keras:
+        return []
+    if keras["gradcam_method"] not in GRADCAM_METHODS:
+        return [
+            f"'keras.gradcam_method' must be one of {', '.join(GRADCAM_METHODS)}, "
+            f"not {keras['gradcam_method']!r}."
+        ]
+    return []
 
 
 def _lookup(manifest: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:

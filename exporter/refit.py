@@ -2,7 +2,8 @@
 
 The entry's graph loses any trust head it had and gets a new one (:mod:`exporter.trust`); ``model.onnx``,
 the manifest's ``calibration``, ``input_validity`` and ONNX record, and the trust documents are replaced in
-one atomic rename, after the same checks as an export. The Keras twin is not touched.
+one atomic rename, after the same checks as an export. ``--gradcam METHOD@LAYER`` also changes the heat map
+the entry serves (``--gradcam-only``: that alone, the graph untouched). The Keras twin is not touched.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from exporter.cli import heatmap_argument
 from exporter.errors import ExportError
 
 
@@ -35,16 +37,31 @@ def build_parser() -> argparse.ArgumentParser:
     add("--ood-layer", action="append", metavar="LAYER",
         help="Keras layer whose pooled map feeds the check (repeat; default: per backbone)")  # fmt: skip
     add("--split", type=Path, metavar="FILE.json", help="the entry's split, when not where the manifest says")
+    add("--gradcam", type=heatmap_argument, metavar="METHOD@LAYER",
+        help="also switch the entry's heat map, e.g. layercam@block6d_expand_activation")  # fmt: skip
+    add("--gradcam-only", action="store_true",
+        help="switch the heat map (--gradcam) only; graph, calibration and input validity stay")  # fmt: skip
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Refit one entry; an :class:`ExportError` is one sentence with exit status 2."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.gradcam_only and args.gradcam is None:
+        parser.error("--gradcam-only needs --gradcam METHOD@LAYER")
     command = "python -m exporter.refit " + shlex.join(sys.argv[1:] if argv is None else list(argv))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        refit_entry(args.entry, args.bank_split, args.ood_layer, args.split, command)
+        refit_entry(
+            args.entry,
+            args.bank_split,
+            args.ood_layer,
+            args.split,
+            command,
+            heatmap=args.gradcam,
+            trust=not args.gradcam_only,
+        )
     except ExportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -58,12 +75,17 @@ def refit_entry(
     split: Path | None,
     command: str,
     say: Callable[[str], None] = print,
+    *,
+    heatmap: tuple[str, str] | None = None,
+    trust: bool = True,
 ) -> None:
-    """Replace the trust head of ``entry`` (see the module docstring)."""
+    """Replace the trust head of ``entry`` (unless not ``trust``) and its heat map (when ``heatmap`` is
+    given); see the module docstring."""
     import keras
     import onnx
 
     from exporter.entry import publish, staged_entry
+    from exporter.export import check_heatmap_layer
     from exporter.manifest import (
         KERAS_FILE,
         MANIFEST_FILE,
@@ -78,35 +100,47 @@ def refit_entry(
     from service.preprocessing import Recipe
 
     manifest = load_entry(entry)
-    own_split = split or Path(manifest["evaluation"]["split"]["path"])
-    if not own_split.is_file():
-        raise ExportError(f"the entry's split {own_split} cannot be found; pass it with --split")
-    recipe = Recipe.from_dict(manifest["preprocessing"])
-    proto = strip_trust_head(onnx.load(str(entry / ONNX_FILE)))
     model = keras.models.load_model(entry / KERAS_FILE, compile=False)
-    chosen = list(layers or default_layers(manifest["backbone"], manifest["keras"]["gradcam_layer"]))
-    data = load_trust_data(own_split, bank_splits, recipe)
-    fit = fit_trust(proto, model, data, chosen, say=say)
+    if heatmap is not None:
+        check_heatmap_layer(model, heatmap[1])
+    fit = None
+    if trust:
+        own_split = split or Path(manifest["evaluation"]["split"]["path"])
+        if not own_split.is_file():
+            raise ExportError(f"the entry's split {own_split} cannot be found; pass it with --split")
+        recipe = Recipe.from_dict(manifest["preprocessing"])
+        proto = strip_trust_head(onnx.load(str(entry / ONNX_FILE)))
+        chosen = list(layers or default_layers(manifest["backbone"], manifest["keras"]["gradcam_layer"]))
+        data = load_trust_data(own_split, bank_splits, recipe)
+        fit = fit_trust(proto, model, data, chosen, say=say)
     with staged_entry(entry.parent, entry.name, True) as (staging, target):
         for item in entry.iterdir():
             if item.is_file():
                 shutil.copy2(item, staging / item.name)
-        onnx.save(fit.proto, str(staging / ONNX_FILE))
-        documents = write_trust_documents(staging, fit, manifest["name"])
-        manifest["onnx"].update(file_record(staging / ONNX_FILE))
-        manifest["calibration"] = fit.calibration
-        manifest["input_validity"] = fit.input_validity
-        manifest["documents"] = [
-            *[d for d in manifest.get("documents", []) if d not in documents],
-            *documents,
-        ]
-        manifest["refit"] = {"command": command}
+        documents: list[str] = []
+        if fit is not None:
+            onnx.save(fit.proto, str(staging / ONNX_FILE))
+            documents = write_trust_documents(staging, fit, manifest["name"])
+            manifest["onnx"].update(file_record(staging / ONNX_FILE))
+            manifest["calibration"] = fit.calibration
+            manifest["input_validity"] = fit.input_validity
+            manifest["documents"] = [
+                *[d for d in manifest.get("documents", []) if d not in documents],
+                *documents,
+            ]
+        if heatmap is not None:
+            manifest["keras"]["gradcam_method"], manifest["keras"]["gradcam_layer"] = heatmap
+        earlier = manifest.get("refit") or {}
+        history = [*earlier.get("earlier", []), earlier["command"]] if "command" in earlier else []
+        manifest["refit"] = {"command": command, **({"earlier": history} if history else {})}
         problems = validate_manifest(manifest, staging)
         if problems:
             raise ExportError("the refitted manifest would be invalid: " + " ".join(problems))
         write_manifest(staging / MANIFEST_FILE, manifest)
         publish(staging, target, True)
-    say(f"rewrote {entry}: model.onnx {manifest['onnx']['sha256'][:12]}…, {', '.join(documents)}")
+    heat = f"{manifest['keras'].get('gradcam_method', 'gradcam')}@{manifest['keras']['gradcam_layer']}"
+    say(f"rewrote {entry}: model.onnx {manifest['onnx']['sha256'][:12]}…, heat map {heat}, "
+        f"{', '.join(documents) or 'graph unchanged'}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -286,6 +286,11 @@ def write_trust_documents(entry: Path, fit: TrustFit, model_name: str) -> list[s
     return [TRUST_MD, RELIABILITY_PNG, SELECTIVE_PNG]
 
 
+def _floor(figures: dict[str, Any]) -> str:
+    floor = figures.get("ece_if_calibrated")
+    return f"{floor['median']:.4f} ({floor['p90']:.4f})" if floor else "-"
+
+
 def render_trust_markdown(model_name: str, fit: TrustFit) -> str:
     """``trust.md``: calibration before/after, the selective curve and the input-validity detector."""
     calibration, validity = fit.calibration, fit.input_validity
@@ -297,13 +302,17 @@ def render_trust_markdown(model_name: str, fit: TrustFit) -> str:
         f"validation images of `{calibration['fitted_on']['split']}` (minimum NLL). Test subset, "
         f"{before['n']} images:",
         "",
-        "| | accuracy | ECE (15 bins) | Brier | NLL |",
-        "|---|---:|---:|---:|---:|",
+        "| | accuracy | ECE (15 bins) | ECE of a calibrated model, median (90 %) | Brier | NLL |",
+        "|---|---:|---:|---:|---:|---:|",
         *[
-            f"| {name} | {figs['accuracy']:.4f} | {figs['ece']:.4f} | {figs['brier']:.4f} "
+            f"| {name} | {figs['accuracy']:.4f} | {figs['ece']:.4f} | {_floor(figs)} | {figs['brier']:.4f} "
             f"| {figs['nll']:.4f} |"
             for name, figs in (("before (T = 1)", before), ("after", after))
         ],
+        "",
+        "The fourth column is the ECE that a perfectly calibrated model with the same confidences shows on "
+        f"{before['n']} images (labels drawn from its own probabilities): an ECE near it cannot be told "
+        "apart from perfect calibration at this test size.",
         "",
         f"![reliability]({RELIABILITY_PNG})",
         "",

@@ -98,6 +98,7 @@ def create_app(settings: Settings | None = None, *, repository: ModelRepository 
             limiter=PredictionLimiter(settings.max_concurrency, settings.queue_timeout_s),
             gradcam_engines=gradcam_engines,
             max_pixels=settings.max_pixels,
+            max_decode_bytes=settings.max_decode_mib * 2**20,
             enforce_input_validity=settings.input_validity,
         )
         app.state.repository = opened

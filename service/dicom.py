@@ -28,6 +28,7 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, g
 from pydicom.uid import UID
 
 from service.preprocessing import (
+    DEFAULT_MAX_DECODE_BYTES,
     DEFAULT_MAX_PIXELS,
     DEFAULT_MIN_SIDE,
     ImageDecodeError,
@@ -62,6 +63,7 @@ def decode_dicom(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     min_side: int = DEFAULT_MIN_SIDE,
     require_brain_mri: bool = False,
+    max_bytes: int = DEFAULT_MAX_DECODE_BYTES,
 ) -> npt.NDArray[np.uint8]:
     """Decode one DICOM slice into a C-contiguous uint8 RGB array of shape (Rows, Columns, 3).
 

@@ -33,6 +33,7 @@ class GradcamOutcome:
     class_index: int
     class_name: str
     layer: str
+    method: str
     width: int
     height: int
     agrees_with_onnx: bool
@@ -53,7 +54,7 @@ class GradcamEngines:
             if engine is None:
                 from service.gradcam import GradcamEngine  # TensorFlow comes in here, and only here
 
-                engine = GradcamEngine(model.keras_path, model.gradcam_layer)
+                engine = GradcamEngine(model.keras_path, model.gradcam_layer, model.gradcam_method)
                 self._engines[model.name] = engine
             return engine
 
@@ -100,6 +101,7 @@ def explain_prediction(
         class_index=int(result.class_index),
         class_name=model.classes[int(result.class_index)],
         layer=model.gradcam_layer,
+        method=model.gradcam_method,
         width=width,
         height=height,
         agrees_with_onnx=agrees,

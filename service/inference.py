@@ -21,7 +21,12 @@ from service.errors import NotBrainMriError, OverloadedError
 from service.explanations import GradcamEngines, GradcamOutcome, explain_prediction
 from service.metrics import ServiceMetrics
 from service.model_repository import ServedModel
-from service.preprocessing import BoundingBox, apply_recipe_with_region, decode_image
+from service.preprocessing import (
+    DEFAULT_MAX_DECODE_BYTES,
+    BoundingBox,
+    apply_recipe_with_region,
+    decode_image,
+)
 
 
 class PredictionLimiter:
@@ -118,19 +123,32 @@ class PredictionOutcome:
     uncertain: bool = False
 
 
-def decode_upload(data: bytes, content_type: str | None, *, max_pixels: int) -> npt.NDArray[np.uint8]:
-    """Upload bytes -> uint8 RGB (H, W, 3): DICOM by its magic or content type, other images by content."""
+def decode_upload(
+    data: bytes,
+    content_type: str | None,
+    *,
+    max_pixels: int,
+    max_bytes: int = DEFAULT_MAX_DECODE_BYTES,
+) -> npt.NDArray[np.uint8]:
+    """Upload bytes -> uint8 RGB (H, W, 3): DICOM by its magic or content type, other images by content;
+    ``max_bytes`` is the memory budget of the decode (413 past it)."""
     if is_dicom(data, content_type):
-        return decode_dicom(data, max_pixels=max_pixels, require_brain_mri=True)
-    return decode_image(data, max_pixels=max_pixels)
+        return decode_dicom(data, max_pixels=max_pixels, require_brain_mri=True, max_bytes=max_bytes)
+    return decode_image(data, max_pixels=max_pixels, max_bytes=max_bytes)
 
 
 def predict_upload(
-    model: ServedModel, data: bytes, content_type: str | None, *, max_pixels: int, metrics: ServiceMetrics
+    model: ServedModel,
+    data: bytes,
+    content_type: str | None,
+    *,
+    max_pixels: int,
+    metrics: ServiceMetrics,
+    max_bytes: int = DEFAULT_MAX_DECODE_BYTES,
 ) -> Prediction:
     """Decode, preprocess and classify one upload (blocking: call it from a worker thread)."""
     started = time.perf_counter()
-    image = decode_upload(data, content_type, max_pixels=max_pixels)  # (H, W, 3) uint8
+    image = decode_upload(data, content_type, max_pixels=max_pixels, max_bytes=max_bytes)  # (H, W, 3) uint8
     decoded = time.perf_counter()
     single_input, region = apply_recipe_with_region(image, model.recipe)  # (height, width, 3) float32
     model_input = single_input[np.newaxis]  # (1, height, width, 3)
@@ -165,6 +183,7 @@ class InferenceService:
         limiter: PredictionLimiter,
         gradcam_engines: GradcamEngines,
         max_pixels: int,
+        max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES,
         enforce_input_validity: bool = True,
     ) -> None:
         self.enforce_input_validity = enforce_input_validity
@@ -172,6 +191,7 @@ class InferenceService:
         self.limiter = limiter
         self.gradcam_engines = gradcam_engines
         self.max_pixels = max_pixels
+        self.max_decode_bytes = max_decode_bytes
 
     async def predict(
         self,
@@ -212,7 +232,14 @@ class InferenceService:
         return PredictionOutcome(prediction, validity, explanation, queue_s, uncertain)
 
     def _predict_sync(self, model: ServedModel, data: bytes, content_type: str | None) -> Prediction:
-        return predict_upload(model, data, content_type, max_pixels=self.max_pixels, metrics=self.metrics)
+        return predict_upload(
+            model,
+            data,
+            content_type,
+            max_pixels=self.max_pixels,
+            metrics=self.metrics,
+            max_bytes=self.max_decode_bytes,
+        )
 
 
 def _score_text(score: float | None) -> str:

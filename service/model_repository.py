@@ -89,6 +89,11 @@ class ServedModel:
         return str(self.manifest["keras"]["gradcam_layer"])
 
     @property
+    def gradcam_method(self) -> str:
+        """How the heat map weights the layer (``keras.gradcam_method``; plain Grad-CAM when absent)."""
+        return str(self.manifest["keras"].get("gradcam_method", "gradcam"))
+
+    @property
     def input_shape(self) -> tuple[int, int, int]:
         """(height, width, channels) of one image."""
         spec = self.manifest["input"]

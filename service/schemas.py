@@ -112,6 +112,14 @@ class GradcamResponse(BaseModel):
         description="Convolutional layer of the Keras model the gradients were taken at.",
         examples=["out_relu"],
     )
+    method: Literal["gradcam", "gradcam++", "layercam"] = Field(
+        description=(
+            "How the layer's gradients weight its feature map: gradcam (one weight per channel), gradcam++ "
+            "(per-channel weights from the positive gradients) or layercam (a weight per pixel and channel); "
+            "the model entry chooses it by a measured pointing game."
+        ),
+        examples=["layercam"],
+    )
     width: int = Field(description="Width of the PNG in pixels (that of the uploaded image).", examples=[512])
     height: int = Field(
         description="Height of the PNG in pixels (that of the uploaded image).", examples=[512]

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from service.preprocessing import DEFAULT_MAX_PIXELS
+from service.preprocessing import DEFAULT_MAX_DECODE_BYTES, DEFAULT_MAX_PIXELS
 
 ENV_PREFIX: Final = "MRI_"
 MODEL_NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -46,6 +46,10 @@ class Settings(BaseSettings):
 
     max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=64, le=500_000_000)
     """Largest accepted width * height, checked in the image header before decoding (decompression bombs)."""
+
+    max_decode_mib: int = Field(default=DEFAULT_MAX_DECODE_BYTES // 2**20, ge=1, le=16 * 1024)
+    """Memory budget of one decode in MiB: the largest array a decoder may produce for one upload, computed
+    from what the container and the codestream declare before decoding; past it, 413."""
 
     ort_intra_op_threads: int = Field(default=0, ge=0, le=256)
     """ONNX Runtime threads inside one operator; 0 lets ONNX Runtime choose (one per physical core)."""

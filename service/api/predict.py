@@ -189,6 +189,7 @@ def _gradcam_answer(gradcam: GradcamOutcome) -> GradcamResponse:
             "heatmap_png_base64": base64.b64encode(gradcam.heatmap_png).decode("ascii"),
             "class": gradcam.class_name,
             "layer": gradcam.layer,
+            "method": gradcam.method,
             "width": gradcam.width,
             "height": gradcam.height,
             "agrees_with_onnx": gradcam.agrees_with_onnx,

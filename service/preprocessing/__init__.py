@@ -4,7 +4,12 @@ bytes --decode_image--> uint8 RGB (H, W, 3) --apply_recipe--> float32 (h, w, 3) 
 """
 
 from service.preprocessing.crop import BoundingBox, brain_bounding_box, crop_to_brain
-from service.preprocessing.decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, decode_image
+from service.preprocessing.decode import (
+    DEFAULT_MAX_DECODE_BYTES,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MIN_SIDE,
+    decode_image,
+)
 from service.preprocessing.errors import (
     ImageDecodeError,
     ImageError,
@@ -26,6 +31,7 @@ from service.preprocessing.recipes import (
 from service.preprocessing.steps import STEP_NAMES, Step
 
 __all__ = [
+    "DEFAULT_MAX_DECODE_BYTES",
     "DEFAULT_MAX_PIXELS",
     "DEFAULT_MIN_SIDE",
     "RECIPE_NAMES",

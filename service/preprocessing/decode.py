@@ -33,10 +33,21 @@ from service.preprocessing.formats import ImageFormat, sniff_format, sniff_unsup
 from service.preprocessing.headers import read_dimensions
 from service.preprocessing.integrity import verify_structure
 
-__all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_MIN_SIDE", "decode_image", "read_dimensions", "sniff_format"]
+__all__ = [
+    "DEFAULT_MAX_DECODE_BYTES",
+    "DEFAULT_MAX_PIXELS",
+    "DEFAULT_MIN_SIDE",
+    "decode_image",
+    "read_dimensions",
+    "sniff_format",
+]
 
 DEFAULT_MAX_PIXELS: Final = 50_000_000
 """Largest accepted width * height (a 7071 x 7071 image); MRI slices are under 1 Mpx."""
+DEFAULT_MAX_DECODE_BYTES: Final = 256 * 1024 * 1024
+"""Memory budget of one decode: the largest array a decoder may be asked to produce (width x height x
+samples per pixel x bytes per sample, as the container *and* the codestream declare), checked before decoding;
+over it the upload is refused with 413. The setting ``MRI_MAX_DECODE_MIB`` overrides it."""
 DEFAULT_MIN_SIDE: Final = 8
 """Smallest accepted width or height: anything smaller holds nothing a classifier could use."""
 
@@ -55,7 +66,11 @@ if "OPENCV_LOG_LEVEL" not in os.environ:
 
 
 def decode_image(
-    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = DEFAULT_MIN_SIDE
+    data: bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side: int = DEFAULT_MIN_SIDE,
+    max_bytes: int = DEFAULT_MAX_DECODE_BYTES,
 ) -> npt.NDArray[np.uint8]:
     """Decode JPEG, PNG, BMP or TIFF bytes into a C-contiguous uint8 RGB array of shape (H, W, 3).
 

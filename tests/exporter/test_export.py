@@ -70,6 +70,7 @@ def test_export_writes_an_entry_that_meets_the_contract(exported: Path, tiny_run
         np.testing.assert_array_equal(mine, theirs)
     assert (exported / "model.keras").stat().st_size < (tiny_run / "model.keras").stat().st_size
     assert manifest["keras"]["gradcam_layer"] == "conv3"
+    assert manifest["keras"]["gradcam_method"] == "gradcam"  # no measured choice for this backbone
     assert (manifest["backbone"], manifest["head"], manifest["weights_init"]) == (
         "seed002-cnn",
         "dense64",

@@ -123,6 +123,7 @@ def test_contract_values_are_checked(entry: Path) -> None:
     broken["onnx"]["file"] = "../model.onnx"
     broken["onnx"]["opset"] = "17"
     broken["parity"]["max_abs_diff"] = 0.5
+    broken["keras"]["gradcam_method"] = "scorecam"
 
     assert validate_manifest(broken, entry) == [
         "'onnx.opset' must be an integer, not a string.",
@@ -132,6 +133,7 @@ def test_contract_values_are_checked(entry: Path) -> None:
         "'input.channels' must be 3, not 1.",
         "'input.range' must be [low, high] with low < high, not [255, 0].",
         "The parity check failed: max |Δ probability| 0.5 exceeds 0.0001.",
+        "'keras.gradcam_method' must be one of gradcam, gradcam++, layercam, not 'scorecam'.",
         "'onnx.file' must be a plain file name inside the entry, not '../model.onnx'.",
     ]
 

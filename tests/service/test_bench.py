@@ -225,7 +225,14 @@ def test_side_by_side_benchmark_on_the_tiny_repository(
     assert ratios["service_c8_throughput_over_bare_ort_throughput"]["value"] == pytest.approx(
         http["c8"]["throughput_rps"] / paths["bare_ort"]["throughput_per_s"], abs=1e-3
     )
+    pair = paths["ood_pair"]  # the tiny entries carry a trust head too
+    assert pair["probabilities_only"]["count"] == pair["with_ood_score"]["count"] == 8
+    added = pair["with_ood_score"]["p50_ms"] - pair["probabilities_only"]["p50_ms"]
+    assert ratios["ood_added_p50_over_service_p50"]["value"] == pytest.approx(
+        added / http["c1"]["latency"]["p50_ms"], abs=1e-3
+    )
     markdown = (tmp_path / "benchmark.md").read_text()
+    assert "Input-validity score (`ood_score`)" in markdown
     assert "service over HTTP, concurrency 8" in markdown and "keras_predict_p50_over_service_p50" in markdown
 
 

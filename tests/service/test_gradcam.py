@@ -105,6 +105,36 @@ def test_gradients_are_taken_on_the_logit(
 
 
 @pytest.mark.realdata
+def test_layercam_and_gradcam_plus_plus_have_their_closed_forms(
+    trained: tuple[keras.Model, Path], mri: npt.NDArray[np.float32]
+) -> None:
+    # Under GAP -> Dense every pixel of channel k has the gradient g_k = W[k, c] / (h w), so
+    # LayerCAM = relu(A . relu(g)) and Grad-CAM++ weighs channel k by h w g_k^2 relu(g_k) / (2 g_k^2 + S_k g_k^3)
+    # with S_k the channel's sum over space.
+    model, _ = trained
+    features = keras.Model(model.input, model.get_layer(LAYER).output)(mri).numpy()[0].astype(np.float64)
+    kernel = model.get_layer("probabilities").get_weights()[0].astype(np.float64)  # (16, 4)
+    grad_model = build_grad_model(model, LAYER)
+    area = features.shape[0] * features.shape[1]
+    for class_index in range(len(CLASSES)):
+        g = kernel[:, class_index] / area  # (16,)
+        layercam = np.maximum(features @ np.maximum(g, 0.0), 0.0)
+        denominator = 2 * g**2 + features.sum(axis=(0, 1)) * g**3
+        weights = area * np.divide(g**2, denominator, out=np.zeros_like(g), where=denominator != 0)
+        plus = np.maximum(features @ (weights * np.maximum(g, 0.0)), 0.0)
+        for method, expected in (("layercam", layercam), ("gradcam++", plus)):
+            expected = expected / expected.max() if expected.max() > 0 else expected
+            heatmap, index, _ = make_gradcam_heatmap(mri, grad_model, class_index, method)
+            assert index == class_index
+            np.testing.assert_allclose(heatmap, expected, atol=1e-4, err_msg=method)
+
+
+def test_unknown_method_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(GradcamError, match="'scorecam' is not known; choose one of gradcam, gradcam"):
+        GradcamEngine(tmp_path / "tiny.keras", LAYER, "scorecam")
+
+
+@pytest.mark.realdata
 def test_each_class_has_its_own_map(engine: GradcamEngine, mri: npt.NDArray[np.float32]) -> None:
     top = engine.compute(mri)
     assert top.class_index == int(np.argmax(top.probabilities))

@@ -162,6 +162,8 @@ def test_heatmap_png_decodes_to_the_upload_size(bundled: TestClient, data_root: 
     )
     assert raw.ndim == 2 and raw.dtype == np.uint8 and raw.shape == original.shape[:2]
     assert raw.max() == 255
+    # the bundled entries serve the heat map the pointing game chose (README, "Heat maps")
+    assert (gradcam["method"], gradcam["layer"]) == ("layercam", "block6d_expand_activation")
     overlay = cv2.imdecode(np.frombuffer(base64.b64decode(gradcam["png_base64"]), np.uint8), cv2.IMREAD_COLOR)
     assert overlay.shape == original.shape
 

@@ -173,6 +173,7 @@ def test_gradcam_through_the_generated_client(
     assert isinstance(gradcam, generated.model("GradcamResponse"))
     assert gradcam.class_ == answer.label
     assert gradcam.layer and isinstance(gradcam.agrees_with_onnx, bool)
+    assert str(gradcam.method) in ("gradcam", "gradcam++", "layercam")
     raw = cv2.imdecode(
         np.frombuffer(base64.b64decode(gradcam.heatmap_png_base64, validate=True), np.uint8),
         cv2.IMREAD_UNCHANGED,

@@ -169,6 +169,7 @@ def test_gradcam_png_decodes_has_the_original_size_and_agrees_with_onnx(
     assert overlay.shape == (height, width, 3) and (gradcam["width"], gradcam["height"]) == (width, height)
     assert overlay.std() > 1.0  # not a constant image
     assert gradcam["class"] == body["label"] and gradcam["layer"] == "last_conv"
+    assert gradcam["method"] == "gradcam"  # the manifest names none: plain Grad-CAM
     assert gradcam["agrees_with_onnx"] is True
     assert body["timings_ms"]["gradcam"] > 0
 
