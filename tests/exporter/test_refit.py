@@ -1,4 +1,4 @@
-"""`python -m exporter.refit --gradcam`: switching the heat map an entry serves, on a copy of a bundled entry."""
+"""`python -m exporter.refit --gradcam`: switching the heat map of an entry, on a copy of a bundled one."""
 
 from __future__ import annotations
 

@@ -109,8 +109,8 @@ def test_layercam_and_gradcam_plus_plus_have_their_closed_forms(
     trained: tuple[keras.Model, Path], mri: npt.NDArray[np.float32]
 ) -> None:
     # Under GAP -> Dense every pixel of channel k has the gradient g_k = W[k, c] / (h w), so
-    # LayerCAM = relu(A . relu(g)) and Grad-CAM++ weighs channel k by h w g_k^2 relu(g_k) / (2 g_k^2 + S_k g_k^3)
-    # with S_k the channel's sum over space.
+    # LayerCAM = relu(A . relu(g)) and Grad-CAM++ weighs channel k by
+    # h w g_k^2 relu(g_k) / (2 g_k^2 + S_k g_k^3), with S_k the channel's sum over space.
     model, _ = trained
     features = keras.Model(model.input, model.get_layer(LAYER).output)(mri).numpy()[0].astype(np.float64)
     kernel = model.get_layer("probabilities").get_weights()[0].astype(np.float64)  # (16, 4)

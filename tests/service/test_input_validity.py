@@ -22,7 +22,7 @@ from pydicom.data import get_testdata_file
 
 from service.app import create_app
 from service.settings import Settings
-from training.calibration import expected_calibration_error, softmax
+from training.calibration import ece_if_calibrated, expected_calibration_error, softmax
 from training.data import preprocess_items
 from training.ood_images import skimage_photos
 from training.splits import load_split
@@ -194,3 +194,7 @@ def test_the_manifest_temperature_reproduces_the_reported_ece(data_root: Path, m
     assert ece == pytest.approx(calibration["test"]["after"]["ece"], abs=1e-4)
     before = expected_calibration_error(softmax(logits), labels)
     assert before == pytest.approx(calibration["test"]["before"]["ece"], abs=1e-4)
+    # the yardstick beside it: the ECE a perfectly calibrated model with these confidences shows
+    floor = ece_if_calibrated(softmax(logits, calibration["temperature"]))
+    reported = calibration["test"]["after"]["ece_if_calibrated"]
+    assert floor["median"] == pytest.approx(reported["median"], abs=2e-3)

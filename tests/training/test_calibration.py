@@ -22,7 +22,8 @@ def test_the_floor_is_what_calibrated_labels_score_and_shrinks_with_more_images(
     assert floor_small["median"] > 0.015  # 300 images cannot show an ECE of 0.01 even when calibrated
     # labels drawn from the probabilities themselves land in the floor's range
     rng = np.random.default_rng(5)
-    drawn = [expected_calibration_error(small, np.array([rng.choice(4, p=p) for p in small])) for _ in range(40)]
+    draws = [np.array([rng.choice(4, p=p) for p in small]) for _ in range(40)]
+    drawn = [expected_calibration_error(small, labels) for labels in draws]
     assert abs(float(np.median(drawn)) - floor_small["median"]) < 0.006
     # and a model right 0.2 less often than it says lies far above it
     right = rng.random(300) < small[:, 0] - 0.2
