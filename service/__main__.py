@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import sys
 
-import uvicorn
 from pydantic import ValidationError
 
 from service.app import create_app
 from service.logging import configure_logging
 from service.model_repository import ModelRepositoryError, SessionConfig, open_model_repository
+from service.server import serve
 from service.settings import Settings, describe_settings_error
 
 EXIT_CANNOT_START = 2
@@ -39,14 +39,7 @@ def main() -> int:
         return EXIT_CANNOT_START
     configure_logging(settings.log_level)  # after the checks: a refusal is its one sentence and nothing else
     app = create_app(settings, repository=repository)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,  # keep the JSON logging configured above
-        access_log=False,  # the service writes its own access line per request
-        timeout_graceful_shutdown=10,
-    )
+    serve(app, settings)  # uvicorn with the header, body and connection limits of the settings
     return 0
 
 

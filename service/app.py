@@ -19,6 +19,7 @@ from service.inference import InferenceService, PredictionLimiter
 from service.metrics import ServiceMetrics
 from service.middleware import (
     ApiKeyBeforeUploadMiddleware,
+    BodyDeadlineMiddleware,
     RequestObservationMiddleware,
     UploadLimitMiddleware,
 )
@@ -128,6 +129,7 @@ def create_app(settings: Settings | None = None, *, repository: ModelRepository 
     # innermost first: the key is checked at the first receive, before the upload limit counts any byte
     app.add_middleware(ApiKeyBeforeUploadMiddleware, api_keys=settings.api_keys)
     app.add_middleware(UploadLimitMiddleware, max_upload_bytes=settings.max_upload_bytes)
+    app.add_middleware(BodyDeadlineMiddleware, body_timeout_s=settings.body_timeout_s)
     app.add_middleware(RequestObservationMiddleware, metrics=service_metrics)  # outermost: sees every answer
     for router in (predict.router, models.router, health.router, metrics.router):
         app.include_router(router)

@@ -78,6 +78,16 @@ class UploadTooLargeError(ServiceError):
     error_type = "upload_too_large"
 
 
+class RequestTimeoutError(ServiceError):
+    """HTTP 408 ``request_timeout``: the body did not arrive in time; the connection is closed after it."""
+
+    status_code = 408
+    error_type = "request_timeout"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Connection": "close"})
+
+
 class UnsupportedMediaTypeError(ServiceError):
     """HTTP 415 ``unsupported_media_type``: a body that is not multipart/form-data."""
 
@@ -125,8 +135,13 @@ def _finite_or_none(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
+RETRY_AFTER_S = "1"
+"""``Retry-After`` of a 429 or 503: a prediction takes tens of milliseconds, so a second is plenty."""
+
+
 class OverloadedError(ServiceError):
-    """HTTP 429 ``overloaded``: every prediction slot stayed busy for the whole queue timeout."""
+    """HTTP 429 ``overloaded``: every prediction slot stayed busy for the whole queue timeout (answered with
+    ``Retry-After``)."""
 
     status_code = 429
     error_type = "overloaded"
@@ -140,14 +155,18 @@ class InternalServiceError(ServiceError):
 
 
 class NotReadyError(ServiceError):
-    """HTTP 503 ``not_ready``: the models are still loading or warming up."""
+    """HTTP 503 ``not_ready``: the models are still loading or warming up (answered with ``Retry-After``)."""
 
     status_code = 503
     error_type = "not_ready"
 
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Retry-After": RETRY_AFTER_S})
+
 
 _HTTP_ERROR_TYPES: Mapping[int, str] = {
     400: "bad_request",
+    408: "request_timeout",
     401: "unauthorized",
     404: "not_found",
     405: "method_not_allowed",
@@ -162,6 +181,19 @@ _LOCATIONS: Mapping[str, str] = {
     "header": "header",
     "body": "form field",
 }
+
+
+CLIENT_TEXT_LIMIT = 64
+"""Longest piece of a client's own text (a model name, a path, a query value) quoted back in an error."""
+
+
+def client_text(value: object, limit: int = CLIENT_TEXT_LIMIT) -> str:
+    """``value`` as a short, printable quotation for an error sentence: control and non-ASCII characters
+    escaped, cut to ``limit`` characters with an ellipsis; never the whole of a long client string."""
+    text = str(value)
+    cut = len(text) > limit
+    shown = "".join(char if " " <= char <= "~" else f"\\u{ord(char):04x}" for char in text[:limit])
+    return f"'{shown}'" + ("... (cut)" if cut else "")
 
 
 def as_service_error(exc: Exception, request: Request) -> ServiceError:
@@ -188,11 +220,11 @@ def as_service_error(exc: Exception, request: Request) -> ServiceError:
 
 def _from_http_exception(exc: StarletteHTTPException, request: Request) -> ServiceError:
     status = exc.status_code
-    path = request.url.path[:100]  # the client's own text, echoed short
+    path = client_text(request.url.path)  # the client's own text, echoed short
     if status == 404:
         message = f"There is no route {path}; see /docs for the routes of this service."
     elif status == 405:
-        message = f"The route {path} does not answer {request.method}; see /docs."
+        message = f"The route {path} does not answer {client_text(request.method, 16)}; see /docs."
     else:
         detail = str(exc.detail).rstrip(".")
         message = f"{detail}." if detail else "The request was refused."
@@ -231,9 +263,7 @@ def _describe_problem(problem: Mapping[str, Any]) -> str:
     message = str(problem.get("msg", "is invalid")).removeprefix("Value error, ").rstrip(".")
     value = problem.get("input")
     # a query value is short and the client's own; a form field may hold anything, so it is never echoed
-    shown = (
-        f" (got {value!r})" if where != "form field" and isinstance(value, str) and len(value) <= 64 else ""
-    )
+    shown = f" (got {client_text(value)})" if where != "form field" and isinstance(value, str) else ""
     return f"The {where} '{name}' is invalid: {message}{shown}."
 
 

@@ -40,6 +40,20 @@ class GradcamOutcome:
     seconds: float
 
 
+def _gradcam_module() -> Any:
+    """:mod:`service.gradcam`, imported on first use: TensorFlow comes in here, and only here, with its C++
+    start-up lines turned into JSON log lines."""
+    import sys
+
+    module = sys.modules.get("service.gradcam")
+    if module is None:
+        from service.logging import native_stderr_to_log
+
+        with native_stderr_to_log("tensorflow"):
+            import service.gradcam as module
+    return module
+
+
 class GradcamEngines:
     """One Grad-CAM engine per model, created on first use; safe to call from several threads."""
 
@@ -52,9 +66,8 @@ class GradcamEngines:
         with self._lock:
             engine = self._engines.get(model.name)
             if engine is None:
-                from service.gradcam import GradcamEngine  # TensorFlow comes in here, and only here
-
-                engine = GradcamEngine(model.keras_path, model.gradcam_layer, model.gradcam_method)
+                engine_class = _gradcam_module().GradcamEngine
+                engine = engine_class(model.keras_path, model.gradcam_layer, model.gradcam_method)
                 self._engines[model.name] = engine
             return engine
 
@@ -70,7 +83,7 @@ def explain_prediction(
     started = time.perf_counter()
     model = prediction.model
     target = prediction.class_index if class_index is None else class_index
-    from service.gradcam import GradcamError
+    GradcamError = _gradcam_module().GradcamError  # noqa: N806 (a class)
 
     try:
         result = engines.for_model(model).compute(prediction.model_input, target)

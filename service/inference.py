@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from service.dicom import decode_dicom, is_dicom
-from service.errors import NotBrainMriError, OverloadedError
+from service.errors import RETRY_AFTER_S, NotBrainMriError, OverloadedError
 from service.explanations import GradcamEngines, GradcamOutcome, explain_prediction
 from service.metrics import ServiceMetrics
 from service.model_repository import ServedModel
@@ -50,7 +50,8 @@ class PredictionLimiter:
             except TimeoutError:
                 raise OverloadedError(
                     f"The service is busy: all {self.max_concurrency} prediction slots stayed taken for "
-                    f"{self.queue_timeout_s:g} s. Retry in a moment."
+                    f"{self.queue_timeout_s:g} s. Retry in a moment.",
+                    headers={"Retry-After": RETRY_AFTER_S},
                 ) from None
         try:
             yield time.perf_counter() - started

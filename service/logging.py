@@ -1,16 +1,25 @@
 """Structured logs: one JSON object per line on stderr, and one access line per request.
 
 Only whitelisted fields are written (:data:`LOG_FIELDS`): never image bytes, never a DICOM attribute, so a
-patient's name cannot reach the logs even by a careless ``extra=``.
+patient's name cannot reach the logs even by a careless ``extra=``. Python warnings become JSON lines too
+(their text is dropped when they come from the DICOM libraries, whose warnings quote attribute values), and
+what native libraries print straight to the stderr file descriptor while they load (TensorFlow's start-up
+lines) is caught by :func:`native_stderr_to_log` and logged line by line as JSON.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import sys
+import tempfile
+import threading
+import warnings
+from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Final
+from typing import Any, Final, TextIO
 
 from service.request_context import RequestContext
 
@@ -50,16 +59,82 @@ class JsonLogFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
+QUIET_WARNING_SOURCES: Final = ("pydicom", "highdicom")
+"""Packages whose warnings may quote DICOM attribute values: only their category and place are logged."""
+warnings_logger = logging.getLogger("py.warnings")
+
+
 def configure_logging(level: str) -> None:
-    """Send every log record (the service's and uvicorn's) to stderr as JSON lines at ``level``."""
+    """Send every log record (the service's, uvicorn's, Python warnings) to stderr as JSON lines at
+    ``level``; keep TensorFlow's native logging to errors."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLogFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "tensorflow", "absl"):
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # read when TensorFlow loads (Grad-CAM only)
+    warnings.showwarning = _log_warning
+
+
+def _log_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """``warnings.showwarning`` as one JSON line: the category and where; the text unless it may hold a
+    DICOM value."""
+    where = f"{os.path.basename(filename)}:{lineno}"
+    quiet = any(f"{os.sep}{source}{os.sep}" in filename for source in QUIET_WARNING_SOURCES)
+    text = "" if quiet else f": {str(message)[:300]}"
+    warnings_logger.warning("%s at %s%s", category.__name__, where, text)
+
+
+@contextlib.contextmanager
+def native_stderr_to_log(source: str) -> Iterator[None]:
+    """Catch what native code writes to file descriptor 2 inside the block and log it as JSON lines.
+
+    Used around imports that print from C++ (TensorFlow's oneDNN and CPU-feature notices). Lines that are
+    already JSON (this process's own log lines, written meanwhile by other threads) are passed through as
+    they were; every other line becomes a record of the logger ``native.<source>``. One block at a time.
+    """
+    with _native_lock, tempfile.TemporaryFile(mode="w+b") as sink:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            captured = sink.read().decode("utf-8", errors="replace")
+        native = logging.getLogger(f"native.{source}")
+        for text in captured.splitlines():
+            if not text.strip():
+                continue
+            if _is_json_object(text):
+                sys.stderr.write(text + "\n")
+            else:
+                native.info("%s", text.strip()[:500])
+        sys.stderr.flush()
+
+
+_native_lock = threading.Lock()
+
+
+def _is_json_object(text: str) -> bool:
+    try:
+        value: Any = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(value, dict)
 
 
 def log_request(context: RequestContext, *, method: str, route: str, status: int, latency_ms: float) -> None:

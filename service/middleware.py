@@ -1,8 +1,9 @@
 """Small ASGI middlewares: request observation (id, in-flight, duration, access log), API keys before the
-upload is read, and the upload limit."""
+upload is read, the upload limit and the body deadline."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -12,7 +13,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.auth import API_KEY_HEADER, check_api_key
-from service.errors import UploadTooLargeError
+from service.errors import RequestTimeoutError, UploadTooLargeError
 from service.logging import log_request
 from service.metrics import ServiceMetrics
 from service.request_context import (
@@ -117,6 +118,45 @@ class UploadLimitMiddleware:
             f"The upload{size} is larger than the limit of {self.max_upload_bytes:,} bytes; "
             "send a smaller image."
         )
+
+
+class BodyDeadlineMiddleware:
+    """Refuse with 408 ``request_timeout`` a request whose body has not fully arrived ``body_timeout_s``
+    after the app first asked for it (a slow or stalled upload holds a connection, a parser and its buffer).
+
+    Like the upload limit, the error is raised from ``receive`` and answered by the one error handler; its
+    ``Connection: close`` makes the server drop the half-sent request.
+    """
+
+    def __init__(self, app: ASGIApp, body_timeout_s: float) -> None:
+        self.app = app
+        self.body_timeout_s = body_timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        deadline: float | None = None
+        complete = False
+
+        async def receive_before_deadline() -> Message:
+            nonlocal deadline, complete
+            if complete:  # after the body only a disconnect can come: no deadline for waiting on it
+                return await receive()
+            loop = asyncio.get_running_loop()
+            if deadline is None:
+                deadline = loop.time() + self.body_timeout_s
+            try:
+                message = await asyncio.wait_for(receive(), timeout=max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                raise RequestTimeoutError(
+                    f"The request body did not arrive within {self.body_timeout_s:g} s; "
+                    "send it faster or send a smaller image."
+                ) from None
+            complete = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+
+        await self.app(scope, receive_before_deadline, send)
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -21,7 +21,7 @@ import onnxruntime as ort
 
 from exporter.errors import ManifestError
 from exporter.manifest import MANIFEST_FILE, load_entry
-from service.errors import UnknownModelError
+from service.errors import UnknownModelError, client_text
 from service.preprocessing import Recipe
 
 logger = logging.getLogger("service.models")
@@ -205,7 +205,8 @@ class ModelRepository:
         model = self.models.get(key)
         if model is None:
             raise UnknownModelError(
-                f"There is no model {key!r}; the models served here are: {', '.join(sorted(self.models))}."
+                f"There is no model {client_text(key)}; the models served here are: "
+                f"{', '.join(sorted(self.models))}."
             )
         return model
 

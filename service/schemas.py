@@ -22,8 +22,8 @@ class ErrorResponse(BaseModel):
     error_type: str = Field(
         description=(
             "Machine-readable kind of error: invalid_image, unauthorized, unknown_model, not_found, "
-            "upload_too_large, image_too_large, unsupported_media_type, validation_error, not_brain_mri, "
-            "overloaded, not_ready, internal_error."
+            "request_timeout, upload_too_large, image_too_large, unsupported_media_type, validation_error, "
+            "not_brain_mri, overloaded, not_ready, internal_error."
         ),
         examples=["invalid_image"],
     )
@@ -112,11 +112,12 @@ class GradcamResponse(BaseModel):
         description="Convolutional layer of the Keras model the gradients were taken at.",
         examples=["out_relu"],
     )
-    method: Literal["gradcam", "gradcam++", "layercam"] = Field(
+    # a plain string: generated clients choke on an enum member spelt "gradcam++"
+    method: str = Field(
         description=(
-            "How the layer's gradients weight its feature map: gradcam (one weight per channel), gradcam++ "
-            "(per-channel weights from the positive gradients) or layercam (a weight per pixel and channel); "
-            "the model entry chooses it by a measured pointing game."
+            "How the layer's gradients weight its feature map, one of: gradcam (one weight per channel), "
+            "gradcam++ (per-channel weights from the positive gradients) or layercam (a weight per pixel "
+            "and channel); the model entry chooses it by a measured pointing game."
         ),
         examples=["layercam"],
     )

@@ -80,6 +80,20 @@ class Settings(BaseSettings):
     queue_timeout_s: float = Field(default=2.0, ge=0.0, le=300.0)
     """Seconds a prediction waits for a free slot before the service answers 429 (overloaded)."""
 
+    header_timeout_s: float = Field(default=10.0, gt=0.0, le=600.0)
+    """Seconds a connection has to deliver a request line and headers, counted from its opening or from the
+    end of its previous response; a slower (or silent) client gets 408 and the connection is closed."""
+
+    body_timeout_s: float = Field(default=30.0, gt=0.0, le=3600.0)
+    """Seconds a request has to deliver its whole body once its headers are in (a 20 MiB upload needs
+    ~0.7 MiB/s); a slower one gets 408 ``request_timeout`` and the connection is closed."""
+
+    keep_alive_s: float = Field(default=5.0, gt=0.0, le=600.0)
+    """Seconds an idle keep-alive connection stays open after a response when nothing arrives."""
+
+    max_connections: int = Field(default=256, ge=1, le=100_000)
+    """Open connections the server keeps; one more gets 503 ``overloaded`` with Retry-After and is closed."""
+
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     """Accepted ``X-API-Key`` values (comma-separated or a JSON list); empty: no authentication."""
 

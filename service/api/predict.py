@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, File, Query, Response, UploadFile
 
 from service.api.deps import InferenceDep, RepositoryDep, RequestContextDep, SettingsDep, require_api_key
 from service.api.responses import error_responses
-from service.errors import InvalidRequestError, NotReadyError, UploadTooLargeError
+from service.errors import InvalidRequestError, NotReadyError, UploadTooLargeError, client_text
 from service.explanations import GradcamOutcome
 from service.inference import PredictionOutcome
 from service.model_repository import ServedModel
@@ -78,7 +78,7 @@ MinConfidenceQuery = Annotated[
     summary="Classify one brain MRI slice",
     operation_id="predict",
     response_model=PredictResponse,
-    responses=error_responses(400, 401, 404, 413, 415, 422, 429, 500, 503),
+    responses=error_responses(400, 401, 404, 408, 413, 415, 422, 429, 500, 503),
 )
 async def predict(
     file: FileField,
@@ -135,7 +135,7 @@ def _gradcam_class_index(model: ServedModel, gradcam_class: str | None) -> int |
     if gradcam_class not in model.classes:
         raise InvalidRequestError(
             f"The query parameter 'gradcam_class' must be one of the classes of model {model.name}: "
-            f"{', '.join(model.classes)} (got {gradcam_class[:64]!r})."
+            f"{', '.join(model.classes)} (got {client_text(gradcam_class)})."
         )
     return model.classes.index(gradcam_class)
 

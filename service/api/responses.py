@@ -18,6 +18,10 @@ ERROR_EXAMPLES: Final[Mapping[int, Mapping[str, str]]] = {
         "unknown_model": "There is no model 'resnet'; the models served here are: mobilenetv2-4class.",
         "not_found": "There is no route /predcit; see /docs for the routes of this service.",
     },
+    408: {
+        "request_timeout": "The request body did not arrive within 30 s; send it faster or send a smaller "
+        "image.",
+    },
     413: {
         "upload_too_large": "The upload (52,428,800 bytes) is larger than the limit of 20,971,520 bytes; "
         "send a smaller image.",
@@ -50,12 +54,15 @@ _DESCRIPTIONS: Final[Mapping[int, str]] = {
     400: "The upload is not a decodable image (empty, truncated, corrupt, not an image, or too small).",
     401: "API keys are configured and X-API-Key is missing or wrong.",
     404: "Unknown model (or unknown route).",
-    413: "Too many bytes (upload limit) or too many pixels (declared in the image header).",
+    408: "The body did not arrive within MRI_BODY_TIMEOUT_S; the connection is closed.",
+    413: "Too many bytes (upload limit), too many pixels, or a decode over the memory budget (as declared "
+    "in the image header or codestream).",
     415: "Not multipart/form-data, or an image format the service does not read (GIF, WebP...).",
     422: "A field or query parameter is missing or invalid (validation_error), or the upload is not a brain "
     "MRI slice (not_brain_mri: refused by the input-validity check, with in_distribution, or by its DICOM "
     "Modality / body part): no tumour label is given.",
-    429: "Overloaded: no prediction slot freed up within the queue timeout. Retry later.",
+    429: "Overloaded: no prediction slot freed up within the queue timeout. Retry after the Retry-After "
+    "header's seconds.",
     500: "Unexpected failure (logged with the request id).",
     503: "The models are still loading or warming up.",
 }

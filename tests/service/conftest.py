@@ -7,6 +7,8 @@ name) and ``tiny-binary``. The point is the service's plumbing, not accuracy.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -216,26 +218,45 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def server(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """(base URL, stderr log file) of a running ``python -m service``; stopped with SIGTERM afterwards."""
-    port = free_port()
     log = tmp_path_factory.mktemp("uvicorn") / "stderr.log"
+    with running_service(model_repository, log, {"MRI_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES)}) as base:
+        yield base, log
+
+
+@contextlib.contextmanager
+def running_service(model_repository: Path, log: Path, settings: dict[str, str]) -> Iterator[str]:
+    """A ``python -m service`` on a free loopback port with these ``MRI_*`` settings, its stderr in ``log``;
+    on exit: SIGTERM, a clean shutdown, and a log of JSON lines only."""
+    port = free_port()
     env = {
         **os.environ,
         "MRI_MODEL_REPOSITORY": str(model_repository),
         "MRI_HOST": "127.0.0.1",
         "MRI_PORT": str(port),
-        "MRI_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
+        **settings,
     }
     with log.open("w") as stderr:
         process = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO_ROOT, env=env, stderr=stderr)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for_ready_url(process, f"{base}/health/ready", log, timeout_s=120)
-        yield base, log
+        yield base
     finally:
         process.send_signal(signal.SIGTERM)
         try:
             # uvicorn re-raises the signal it caught once the graceful shutdown is done
             assert process.wait(timeout=30) in (0, -signal.SIGTERM), log.read_text()
             assert "Application shutdown complete." in log.read_text()
+            assert_json_log(log)
         finally:
             process.kill()
+
+
+def assert_json_log(log: Path) -> None:
+    """Every line the service wrote to stderr is one JSON object (no plain-text line from any library)."""
+    for number, line in enumerate(log.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            pytest.fail(f"line {number} of the service log is not JSON: {line[:200]!r}")
+        assert isinstance(entry, dict) and {"time", "level", "logger", "message"} <= set(entry), line[:200]

@@ -16,7 +16,7 @@ from service.schemas import DISCLAIMER
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ERROR_STATUSES = {
-    ("/predict", "post"): {"400", "401", "404", "413", "415", "422", "429", "500", "503"},
+    ("/predict", "post"): {"400", "401", "404", "408", "413", "415", "422", "429", "500", "503"},
     ("/models", "get"): {"401", "503"},
     ("/models/{name}", "get"): {"401", "404", "422", "503"},
     ("/health/ready", "get"): {"503"},

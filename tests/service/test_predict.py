@@ -265,6 +265,7 @@ def test_overload_answers_429_and_the_held_request_still_succeeds(
         release.set()
         assert_prediction(held.result())
     assert refused.status_code == 429
+    assert refused.headers["retry-after"] == "1"
     assert refused.json() == {
         "error": "The service is busy: all 1 prediction slots stayed taken for 0.2 s. Retry in a moment.",
         "error_type": "overloaded",
