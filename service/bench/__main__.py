@@ -1,4 +1,4 @@
-"""``python -m service.bench load|benchmark|soak``: measure the service (see each command's --help)."""
+"""``python -m service.bench load|benchmark|soak|hostile``: measure the service (see each --help)."""
 
 from __future__ import annotations
 
@@ -145,6 +145,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--image-limit", type=_bounded(1, 100_000), default=256, help="images read from --images"
     )
     soak.add_argument("--max-seconds", type=_bounded(1, 86_400, float), default=3600.0, help="time bound")
+
+    hostile = commands.add_parser(
+        "hostile",
+        help="send a generated corpus of hostile uploads to a service; statuses and peak memory growth",
+        description="Start the service on --repository, send each hostile case (bombs, forged and truncated "
+        "codestreams, deep pixels, malformed DICOM...) --repeats times, check its status and readiness, "
+        "and read the service's peak RSS growth per case; writes hostile.json and hostile.md.",
+    )
+    hostile.add_argument("--repository", type=Path, default=Path("models"), help="model repository to serve")
+    hostile.add_argument("--data-root", type=Path, default=Path("../shared/datasets"),
+                         help="folder with the real MRI data sets (a real slice is the control)")  # fmt: skip
+    hostile.add_argument("--out", type=Path, default=Path("reports/hostile"), help="where the report goes")
+    hostile.add_argument("--repeats", type=_bounded(1, 100), default=3, help="sends per case")
     return parser
 
 
@@ -171,6 +184,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_benchmark(_config(BenchmarkConfig, args))
             print(f"wrote {args.out / 'benchmark.json'} and {args.out / 'benchmark.md'}")
             return EXIT_OK
+        if args.command == "hostile":
+            from service.bench.hostile import run_hostile
+
+            report = run_hostile(args.repository, args.data_root, args.out, args.repeats)
+            print(f"wrote {args.out / 'hostile.json'} and {args.out / 'hostile.md'}")
+            return EXIT_OK if report["all_ok"] and not report["non_json_log_lines"] else EXIT_FAILED
         from service.bench.soak import SoakConfig, run_soak
 
         repository = None if url else args.repository
