@@ -11,7 +11,9 @@ from typing import Final
 
 import anyio
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
+from service import web
 from service.api import health, metrics, models, predict
 from service.errors import install_error_handlers
 from service.explanations import GradcamEngines
@@ -27,6 +29,8 @@ from service.model_repository import ModelRepository, ServedModel, SessionConfig
 from service.schemas import DISCLAIMER
 from service.settings import Settings
 
+DOCS_STATIC_URL = "/ui/static/docs"
+"""Where Swagger UI's and ReDoc's own files are served from (the fastapi-offline package)."""
 logger = logging.getLogger("service")
 
 TITLE: Final = "Brain-tumour MRI classification service"
@@ -113,7 +117,9 @@ def create_app(settings: Settings | None = None, *, repository: ModelRepository 
             tasks.cancel_scope.cancel()
         app.state.repository = None
 
-    app = FastAPI(
+    # Swagger UI and ReDoc from files shipped in the fastapi-offline package: /docs works without internet
+    app = FastAPIOffline(
+        static_url=DOCS_STATIC_URL,
         title=TITLE,
         description=DESCRIPTION,
         version=service_version(),
@@ -131,8 +137,9 @@ def create_app(settings: Settings | None = None, *, repository: ModelRepository 
     app.add_middleware(UploadLimitMiddleware, max_upload_bytes=settings.max_upload_bytes)
     app.add_middleware(BodyDeadlineMiddleware, body_timeout_s=settings.body_timeout_s)
     app.add_middleware(RequestObservationMiddleware, metrics=service_metrics)  # outermost: sees every answer
-    for router in (predict.router, models.router, health.router, metrics.router):
+    for router in (predict.router, models.router, health.router, metrics.router, web.router):
         app.include_router(router)
+    app.mount(web.STATIC_URL, web.static_files(), name="ui-static")
     return app
 
 

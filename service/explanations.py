@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from service.errors import InternalServiceError
-from service.gradcam_render import heatmap_canvas, render_heatmap_png, render_overlay_png
+from service.gradcam_render import heatmap_canvas, render_heatmap_png, render_image_png, render_overlay_png
 
 if TYPE_CHECKING:
     from service.inference import Prediction
@@ -38,6 +38,7 @@ class GradcamOutcome:
     height: int
     agrees_with_onnx: bool
     seconds: float
+    image_png: bytes | None = None
 
 
 def _gradcam_module() -> Any:
@@ -77,9 +78,10 @@ class GradcamEngines:
 
 
 def explain_prediction(
-    engines: GradcamEngines, prediction: Prediction, class_index: int | None
+    engines: GradcamEngines, prediction: Prediction, class_index: int | None, with_image: bool = False
 ) -> GradcamOutcome:
-    """Grad-CAM of ``class_index`` (None: the predicted class), overlaid on the original image (blocking)."""
+    """Grad-CAM of ``class_index`` (None: the predicted class), overlaid on the original image (blocking);
+    ``with_image`` adds the decoded upload as a PNG, for viewers that draw the heat map themselves."""
     started = time.perf_counter()
     model = prediction.model
     target = prediction.class_index if class_index is None else class_index
@@ -119,4 +121,5 @@ def explain_prediction(
         height=height,
         agrees_with_onnx=agrees,
         seconds=time.perf_counter() - started,
+        image_png=render_image_png(prediction.image) if with_image else None,
     )

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["DEFAULT_ALPHA", "heatmap_canvas", "render_heatmap_png", "render_overlay_png"]
+__all__ = ["DEFAULT_ALPHA", "heatmap_canvas", "render_heatmap_png", "render_image_png", "render_overlay_png"]
 
 DEFAULT_ALPHA: Final = 0.4
 """Weight of the colour map in the blend; the image keeps the rest, so the anatomy stays readable."""
@@ -36,6 +36,12 @@ def render_heatmap_png(canvas: npt.NDArray[np.float32]) -> bytes:
     """8-bit greyscale PNG of a :func:`heatmap_canvas`: 255 is the hottest pixel, 0 cold or unseen."""
     grey = np.clip(np.rint(canvas * 255.0), 0, 255).astype(np.uint8)  # (H, W)
     return _png(grey)
+
+
+def render_image_png(image_rgb: npt.NDArray[np.uint8]) -> bytes:
+    """PNG of the decoded upload (H, W, 3) uint8 RGB: what the decoder gave the model (DICOM: windowed)."""
+    bgr = cv2.cvtColor(np.ascontiguousarray(image_rgb), cv2.COLOR_RGB2BGR).astype(np.uint8, copy=False)
+    return _png(bgr)
 
 
 def render_overlay_png(

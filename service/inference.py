@@ -203,6 +203,7 @@ class InferenceService:
         gradcam: bool,
         gradcam_class: int | None = None,
         min_confidence: float | None = None,
+        gradcam_image: bool = False,
     ) -> PredictionOutcome:
         """Classify ``data`` with ``model``; with ``gradcam``, explain ``gradcam_class`` (None: the label).
 
@@ -225,7 +226,7 @@ class InferenceService:
             explanation = None
             if gradcam:
                 explanation = await anyio.to_thread.run_sync(
-                    explain_prediction, self.gradcam_engines, prediction, gradcam_class
+                    explain_prediction, self.gradcam_engines, prediction, gradcam_class, gradcam_image
                 )
                 self.metrics.observe_stage(model.name, "gradcam", explanation.seconds)
         label = "uncertain" if uncertain else prediction.label

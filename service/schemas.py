@@ -125,6 +125,14 @@ class GradcamResponse(BaseModel):
     height: int = Field(
         description="Height of the PNG in pixels (that of the uploaded image).", examples=[512]
     )
+    image_png_base64: str | None = Field(
+        default=None,
+        description=(
+            "Only with gradcam_image=true: the decoded upload as an 8-bit RGB PNG at its own size, base64 "
+            "(for a DICOM, after windowing): the picture to draw heatmap_png_base64 over."
+        ),
+        examples=[None],
+    )
     agrees_with_onnx: bool = Field(
         description=(
             "Whether the Keras twin that computed the heat map predicts the label the ONNX model answered; "

@@ -61,6 +61,14 @@ GradcamClassQuery = Annotated[
         examples=["meningioma"],
     ),
 ]
+GradcamImageQuery = Annotated[
+    bool,
+    Query(
+        description="With a Grad-CAM, also return the decoded upload as a PNG (gradcam.image_png_base64): "
+        "what the model saw (a DICOM after windowing), for viewers that draw the heat map themselves.",
+        examples=[True],
+    ),
+]
 MinConfidenceQuery = Annotated[
     float | None,
     Query(
@@ -91,6 +99,7 @@ async def predict(
     gradcam: GradcamQuery = None,
     gradcam_class: GradcamClassQuery = None,
     min_confidence: MinConfidenceQuery = None,
+    gradcam_image: GradcamImageQuery = False,
 ) -> PredictResponse:
     """Decode the upload, preprocess it with the model's own recipe and classify it with ONNX Runtime.
 
@@ -120,6 +129,7 @@ async def predict(
         gradcam=want_gradcam,
         gradcam_class=class_index,
         min_confidence=min_confidence,
+        gradcam_image=gradcam_image,
     )
     context.label = "uncertain" if outcome.uncertain else outcome.prediction.label
     timings = _timings(outcome, total_s=time.perf_counter() - started)
@@ -193,5 +203,8 @@ def _gradcam_answer(gradcam: GradcamOutcome) -> GradcamResponse:
             "width": gradcam.width,
             "height": gradcam.height,
             "agrees_with_onnx": gradcam.agrees_with_onnx,
+            "image_png_base64": None
+            if gradcam.image_png is None
+            else base64.b64encode(gradcam.image_png).decode("ascii"),
         }
     )
