@@ -15,7 +15,6 @@ import logging
 import os
 import sys
 import tempfile
-import threading
 import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -101,9 +100,12 @@ def native_stderr_to_log(source: str) -> Iterator[None]:
 
     Used around imports that print from C++ (TensorFlow's oneDNN and CPU-feature notices). Lines that are
     already JSON (this process's own log lines, written meanwhile by other threads) are passed through as
-    they were; every other line becomes a record of the logger ``native.<source>``. One block at a time.
+    they were; every other line becomes a record of the logger ``native.<source>``. It holds the process's one
+    lock for swapping fd 2 (the image decoder swaps it too), so JPEG decodes wait while the block runs.
     """
-    with _native_lock, tempfile.TemporaryFile(mode="w+b") as sink:
+    from service.preprocessing.decode import stderr_swap_lock
+
+    with stderr_swap_lock(), tempfile.TemporaryFile(mode="w+b") as sink:
         sys.stderr.flush()
         saved = os.dup(2)
         os.dup2(sink.fileno(), 2)
@@ -124,9 +126,6 @@ def native_stderr_to_log(source: str) -> Iterator[None]:
             else:
                 native.info("%s", text.strip()[:500])
         sys.stderr.flush()
-
-
-_native_lock = threading.Lock()
 
 
 def _is_json_object(text: str) -> bool:

@@ -48,8 +48,10 @@ class Settings(BaseSettings):
     """Largest accepted width * height, checked in the image header before decoding (decompression bombs)."""
 
     max_decode_mib: int = Field(default=DEFAULT_MAX_DECODE_BYTES // 2**20, ge=1, le=16 * 1024)
-    """Memory budget of one decode in MiB: the largest array a decoder may produce for one upload, computed
-    from what the container and the codestream declare before decoding; past it, 413."""
+    """Memory budget of one decode in MiB, estimated before decoding from what the container and the
+    codestream declare: for JPEG, PNG, BMP and TIFF the whole peak of the decode (the decoder's array and
+    working buffers and the conversion's copies); for DICOM the decoded frame (the float32 working copy comes
+    on top); past it, 413."""
 
     ort_intra_op_threads: int = Field(default=0, ge=0, le=256)
     """ONNX Runtime threads inside one operator; 0 lets ONNX Runtime choose (one per physical core)."""

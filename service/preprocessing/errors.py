@@ -25,21 +25,24 @@ class ImageError(Exception):
 
 
 class ImageDecodeError(ImageError):
-    """HTTP 400 ``invalid_image``: empty, truncated, corrupt (bad CRC...), not an image, or too small."""
+    """HTTP 400 ``invalid_image``: empty, truncated, corrupt (bad CRC, damaged scan...), forged (a size its
+    data cannot hold), not an image, or too small."""
 
     status_code = 400
     error_type = "invalid_image"
 
 
 class ImageTooLargeError(ImageError):
-    """HTTP 413 ``image_too_large``: the width * height declared in the header is over the pixel limit."""
+    """HTTP 413 ``image_too_large``: the width * height declared in the header is over the pixel limit, or the
+    memory its decode would take (estimated from the header) is over the decode budget."""
 
     status_code = 413
     error_type = "image_too_large"
 
 
 class UnsupportedImageFormatError(ImageError):
-    """HTTP 415 ``unsupported_media_type``: a recognised but unsupported image container (GIF, WebP...)."""
+    """HTTP 415 ``unsupported_media_type``: a recognised but unsupported image container (GIF, WebP...), or a
+    supported container in a variant the decoder cannot read (12-bit JPEG, half-float TIFF...)."""
 
     status_code = 415
     error_type = "unsupported_media_type"

@@ -207,3 +207,29 @@ def test_the_pages_carry_a_strict_content_security_policy(live: str) -> None:
         policy = answer.headers["content-security-policy"]
         assert "default-src 'self'" in policy and "script-src 'self'" in policy
     assert np.frombuffer(httpx.get(f"{live}/ui/static/style.css", timeout=10).content, np.uint8).size > 0
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_the_page_fits_a_phone_and_works_from_the_keyboard(
+    browser: WebDriver, live: str, data_root: Path
+) -> None:
+    from selenium.webdriver.common.keys import Keys
+
+    browser.set_window_size(390, 844)  # a phone held upright
+    try:
+        _upload(browser, live, data_root / SLICE)
+        _wait(browser, lambda d: _visible(d, "heat"))
+        overflow = browser.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"the page is {overflow} px wider than the phone"
+        # the controls are reachable with Tab alone, in reading order
+        browser.get(f"{live}/")
+        _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#model-select option"))
+        body = browser.find_element(By.TAG_NAME, "body")
+        reached = []
+        for _ in range(8):
+            body.send_keys(Keys.TAB) if not reached else browser.switch_to.active_element.send_keys(Keys.TAB)
+            reached.append(browser.switch_to.active_element.get_attribute("id"))
+        assert reached.index("drop-zone") < reached.index("model-select") < reached.index("want-gradcam")
+    finally:
+        browser.set_window_size(1280, 1400)
