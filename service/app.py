@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from service import web
-from service.api import health, metrics, models, predict
+from service.api import health, metrics, models, predict, series, v2
 from service.errors import install_error_handlers
 from service.explanations import GradcamEngines
 from service.inference import InferenceService, PredictionLimiter
@@ -137,7 +137,8 @@ def create_app(settings: Settings | None = None, *, repository: ModelRepository 
     app.add_middleware(UploadLimitMiddleware, max_upload_bytes=settings.max_upload_bytes)
     app.add_middleware(BodyDeadlineMiddleware, body_timeout_s=settings.body_timeout_s)
     app.add_middleware(RequestObservationMiddleware, metrics=service_metrics)  # outermost: sees every answer
-    for router in (predict.router, models.router, health.router, metrics.router, web.router):
+    api = (predict.router, series.router, models.router, health.router, metrics.router, v2.router)
+    for router in (*api, web.router):
         app.include_router(router)
     app.mount(web.STATIC_URL, web.static_files(), name="ui-static")
     return app
