@@ -88,6 +88,15 @@ def test_compose_binds_loopback_and_pins_its_images(compose: dict[str, Any]) -> 
             assert (REPO_ROOT / host).exists(), f"{name} mounts {host}, which does not exist"
 
 
+def test_compose_memory_limit_covers_the_worst_case_of_its_settings(compose: dict[str, Any]) -> None:
+    # resident with Grad-CAM loaded (README: ~915 MiB) + concurrency x (decode budget + upload limit + slack)
+    mri = compose["services"]["mri"]
+    environment = mri["environment"]
+    concurrency, budget = int(environment["MRI_MAX_CONCURRENCY"]), int(environment["MRI_MAX_DECODE_MIB"])
+    limit_mib = int(str(mri["mem_limit"]).removesuffix("m"))
+    assert limit_mib >= 915 + concurrency * (budget + 20 + 16)
+
+
 def test_compose_mounts_the_prometheus_config_that_scrapes_the_service(compose: dict[str, Any]) -> None:
     prometheus = compose["services"]["prometheus"]
     config_flag = next(c for c in prometheus["command"] if c.startswith("--config.file="))
