@@ -253,10 +253,13 @@ def running_service(model_repository: Path, log: Path, settings: dict[str, str])
 
 
 def assert_json_log(log: Path) -> None:
-    """Every line the service wrote to stderr is one JSON object (no plain-text line from any library)."""
+    """Every line the service wrote to stderr is one JSON object (no plain-text line from any library), and
+    no request of the run was answered with a 5xx."""
     for number, line in enumerate(log.read_text(encoding="utf-8").splitlines(), 1):
         try:
             entry = json.loads(line)
         except ValueError:
             pytest.fail(f"line {number} of the service log is not JSON: {line[:200]!r}")
         assert isinstance(entry, dict) and {"time", "level", "logger", "message"} <= set(entry), line[:200]
+        if entry["logger"] == "service.access":
+            assert int(entry["status"]) < 500, f"a request was answered {entry['status']}: {line[:200]}"
