@@ -134,7 +134,11 @@ def create_app(settings: Settings | None = None, *, repository: ModelRepository 
     install_error_handlers(app)
     # innermost first: the key is checked at the first receive, before the upload limit counts any byte
     app.add_middleware(ApiKeyBeforeUploadMiddleware, api_keys=settings.api_keys)
-    app.add_middleware(UploadLimitMiddleware, max_upload_bytes=settings.max_upload_bytes)
+    app.add_middleware(
+        UploadLimitMiddleware,
+        max_upload_bytes=settings.max_upload_bytes,
+        path_limits={"/predict/series": settings.series_max_bytes},
+    )
     app.add_middleware(BodyDeadlineMiddleware, body_timeout_s=settings.body_timeout_s)
     app.add_middleware(RequestObservationMiddleware, metrics=service_metrics)  # outermost: sees every answer
     api = (predict.router, series.router, models.router, health.router, metrics.router, v2.router)

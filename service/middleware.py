@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydantic import SecretStr
@@ -86,37 +86,43 @@ class UploadLimitMiddleware:
     """
 
     def __init__(
-        self, app: ASGIApp, max_upload_bytes: int, framing_bytes: int = MULTIPART_FRAMING_BYTES
+        self,
+        app: ASGIApp,
+        max_upload_bytes: int,
+        framing_bytes: int = MULTIPART_FRAMING_BYTES,
+        path_limits: Mapping[str, int] | None = None,
     ) -> None:
         self.app = app
         self.max_upload_bytes = max_upload_bytes
-        self.max_bytes = max_upload_bytes + framing_bytes
+        self.framing_bytes = framing_bytes
+        self.path_limits = dict(path_limits or {})  # routes that take more than one image (a series)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.path_limits.get(scope["path"], self.max_upload_bytes)
+        max_bytes = limit + self.framing_bytes
         declared = _content_length(scope)
         received = 0
 
         async def receive_with_limit() -> Message:
             nonlocal received
-            if declared is not None and declared > self.max_bytes:
-                raise self._too_large(declared)
+            if declared is not None and declared > max_bytes:
+                raise self._too_large(declared, limit)
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise self._too_large(None)
+                if received > max_bytes:
+                    raise self._too_large(None, limit)
             return message
 
         await self.app(scope, receive_with_limit, send)
 
-    def _too_large(self, declared: int | None) -> UploadTooLargeError:
+    def _too_large(self, declared: int | None, limit: int) -> UploadTooLargeError:
         size = f" ({declared:,} bytes)" if declared is not None else ""
         return UploadTooLargeError(
-            f"The upload{size} is larger than the limit of {self.max_upload_bytes:,} bytes; "
-            "send a smaller image."
+            f"The upload{size} is larger than the limit of {limit:,} bytes; send a smaller image."
         )
 
 

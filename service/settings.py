@@ -96,6 +96,35 @@ class Settings(BaseSettings):
     max_connections: int = Field(default=256, ge=1, le=100_000)
     """Open connections the server keeps; one more gets 503 ``overloaded`` with Retry-After and is closed."""
 
+    series_max_instances: int = Field(default=1000, ge=1, le=100_000)
+    """Most slices in one ``/predict/series`` request or one analysed study (a frame of a multi-frame object
+    counts as one); 413 past it."""
+
+    series_max_bytes: int = Field(default=512 * 2**20, ge=1024, le=16 * 1024**3)
+    """Most DICOM bytes in one ``/predict/series`` request (ZIP members counted inflated) or one analysed
+    study; 413 past it. The request body of ``/predict/series`` is allowed this size instead of
+    ``max_upload_bytes``."""
+
+    series_batch_size: int = Field(default=16, ge=1, le=256)
+    """Slices per ONNX Runtime run in series mode; each batch holds one prediction slot."""
+
+    series_min_tumour_slices: int = Field(default=2, ge=1, le=10_000)
+    """k: the slices with a tumour label that a series needs for a tumour finding (capped at its valid
+    slices)."""
+
+    dicomweb_url: str | None = None
+    """The PACS's DICOMweb root (e.g. ``https://pacs.example.org/dicom-web``); unset, the analyse endpoint
+    answers 503 ``pacs_not_configured``."""
+
+    dicomweb_auth_header: SecretStr | None = None
+    """The ``Authorization`` value sent to the PACS (``Bearer ...`` or ``Basic ...``); never logged."""
+
+    dicomweb_ca_bundle: Path | None = None
+    """CA bundle that verifies the PACS's TLS certificate (unset: the system's CAs)."""
+
+    dicomweb_timeout_s: float = Field(default=30.0, gt=0.0, le=600.0)
+    """Timeout of each DICOMweb call; 504 past it."""
+
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     """Accepted ``X-API-Key`` values (comma-separated or a JSON list); empty: no authentication."""
 
