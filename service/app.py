@@ -53,6 +53,14 @@ TAGS: Final = [
     {"name": "models", "description": "The models served, with their manifests and evaluation figures."},
     {"name": "health", "description": "Liveness and readiness probes."},
     {"name": "operations", "description": "Prometheus metrics."},
+    {
+        "name": "hospital integration",
+        "description": "DICOM series in, DICOM SR and heat maps back to a PACS.",
+    },
+    {
+        "name": "open inference protocol",
+        "description": "The KServe v2 / Triton HTTP protocol: metadata, readiness and batched inference.",
+    },
 ]
 
 

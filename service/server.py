@@ -15,6 +15,19 @@ The body deadline (``MRI_BODY_TIMEOUT_S``) is an ASGI middleware
 error; the idle keep-alive after a response is uvicorn's own ``timeout_keep_alive`` (``MRI_KEEP_ALIVE_S``).
 The protocol subclasses uvicorn's h11 implementation, which is why uvicorn and h11 are pinned in
 ``pyproject.toml``.
+
+On SIGTERM, :class:`GracefulServer` stops in three steps, so that a balancer or an orchestrator that moves
+traffic away from a stopping replica loses no request:
+
+1. at once, ``/health/ready`` answers 503 (``app.state.draining``), and every response carries
+   ``Connection: close`` so that clients and balancers open their next connection elsewhere;
+2. for ``MRI_SHUTDOWN_DRAIN_S`` more seconds the server still accepts connections and serves them (the time a
+   balancer needs to see readiness fail, or Kubernetes to take the pod out of its endpoints);
+3. then uvicorn stops listening, closes idle connections, lets the requests in flight finish within
+   ``MRI_SHUTDOWN_GRACE_S`` (cancelling what is left after it), runs the lifespan's shutdown, and the process
+   exits 0.
+
+SIGINT (Ctrl+C) skips the drain; a second SIGTERM ends it early.
 """
 
 from __future__ import annotations
@@ -23,6 +36,10 @@ import asyncio
 import json
 import logging
 import math
+import signal
+import time
+from collections.abc import Callable
+from types import FrameType
 from typing import Any, ClassVar
 
 import h11
@@ -31,7 +48,14 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from service.settings import Settings
 
-__all__ = ["GuardedH11Protocol", "guarded_protocol", "raw_json_response", "serve"]
+__all__ = [
+    "CloseWhileDraining",
+    "GracefulServer",
+    "GuardedH11Protocol",
+    "guarded_protocol",
+    "raw_json_response",
+    "serve",
+]
 
 logger = logging.getLogger("service.server")
 
@@ -143,6 +167,16 @@ def guarded_protocol(header_timeout_s: float, max_connections: int) -> type[Guar
     )
 
 
+def shutdown_grace_s(settings: Settings) -> float:
+    """``MRI_SHUTDOWN_GRACE_S``: how long the requests in flight may take to finish after SIGTERM."""
+    return settings.shutdown_grace_s
+
+
+def shutdown_drain_s(settings: Settings) -> float:
+    """``MRI_SHUTDOWN_DRAIN_S``: how long the server keeps listening, not ready, after SIGTERM."""
+    return settings.shutdown_drain_s
+
+
 def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
     """The uvicorn configuration of ``python -m service``: the guarded protocol and the settings' limits."""
     return uvicorn.Config(
@@ -153,10 +187,91 @@ def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
         log_config=None,  # keep the JSON logging configured by the caller
         access_log=False,  # the service writes its own access line per request
         timeout_keep_alive=max(1, math.ceil(settings.keep_alive_s)),
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=max(1, math.ceil(shutdown_grace_s(settings))),
     )
 
 
+class CloseWhileDraining:
+    """ASGI wrapper: once ``draining()`` is true, every response says ``Connection: close`` (and h11 closes
+    the connection after it), so that keep-alive clients and balancers reconnect, to another replica."""
+
+    def __init__(self, app: Any, draining: Callable[[], bool]) -> None:
+        self.app = app
+        self.draining = draining
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not self.draining():
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_close(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
+                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_close)
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn's server with a drain on SIGTERM (see the module docstring) and exit status 0 after it.
+
+    ``on_drain`` is called from the signal handler: it must only set a flag (``app.state.draining``).
+    """
+
+    def __init__(self, config: uvicorn.Config, *, drain_s: float, on_drain: Callable[[], None]) -> None:
+        super().__init__(config)
+        self.drain_s = drain_s
+        self.on_drain = on_drain
+        self.drain_until: float | None = None
+        self._signal: int | None = None  # the first stop signal, logged by on_tick (not in the handler)
+        self._logged = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.on_drain()  # readiness is 503 from now on, whatever comes next
+        if self._signal is None:
+            self._signal = sig
+        if sig == signal.SIGTERM and self.drain_until is None and self.drain_s > 0 and not self.should_exit:
+            self.drain_until = time.monotonic() + self.drain_s  # keep serving; on_tick stops the server
+            return
+        super().handle_exit(sig, frame)
+        if sig == signal.SIGTERM:
+            # uvicorn raises a caught signal again once it has shut down, so that the process ends as killed
+            # by it (status 143); a graceful stop on SIGTERM is the normal end of a replica: exit 0
+            self._captured_signals = [caught for caught in self._captured_signals if caught != sig]
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._signal is not None and not self._logged:
+            self._logged = True
+            name = signal.Signals(self._signal).name
+            if self.drain_until is not None:
+                logger.info(
+                    "%s: not ready; draining for %g s, then no new connections and %g s for the requests in "
+                    "flight",
+                    name,
+                    self.drain_s,
+                    self.config.timeout_graceful_shutdown,
+                )
+            else:
+                logger.info(
+                    "%s: not ready; no new connections, %g s for the requests in flight",
+                    name,
+                    self.config.timeout_graceful_shutdown,
+                )
+        if self.drain_until is not None and time.monotonic() >= self.drain_until:
+            self.should_exit = True
+        return await super().on_tick(counter)
+
+
 def serve(app: Any, settings: Settings) -> None:
-    """Run ``app`` with :func:`uvicorn_config` until SIGTERM or SIGINT."""
-    uvicorn.Server(uvicorn_config(app, settings)).run()
+    """Run ``app`` with :func:`uvicorn_config` until SIGTERM (drained, exit 0) or SIGINT."""
+    app.state.draining = False
+
+    def draining() -> bool:
+        return bool(app.state.draining)
+
+    def on_drain() -> None:
+        app.state.draining = True
+
+    config = uvicorn_config(CloseWhileDraining(app, draining), settings)
+    GracefulServer(config, drain_s=shutdown_drain_s(settings), on_drain=on_drain).run()

@@ -125,6 +125,23 @@ class Settings(BaseSettings):
     dicomweb_timeout_s: float = Field(default=30.0, gt=0.0, le=600.0)
     """Timeout of each DICOMweb call; 504 past it."""
 
+    oip_max_queue_delay_ms: float = Field(default=0.0, ge=0.0, le=1000.0)
+    """Dynamic batching of ``/v2/models/{name}/infer``: how long concurrent requests are gathered into one
+    ONNX Runtime run; 0 (the default) is off. On this project's 2-core CPU it lowered throughput (README)."""
+
+    oip_max_batch_size: int = Field(default=8, ge=1, le=64)
+    """Dynamic batching: the most images gathered into one run."""
+
+    shutdown_drain_s: float = Field(default=0.0, ge=0.0, le=300.0)
+    """Seconds the server keeps accepting and serving requests after SIGTERM while /health/ready already
+    answers 503, so that a balancer (haproxy's checks, Kubernetes' endpoints) stops sending before connections
+    are refused; 0: stop listening at once. The Kubernetes manifests set 5."""
+
+    shutdown_grace_s: float = Field(default=10.0, gt=0.0, le=3600.0)
+    """Seconds the requests in flight have to finish once the server stops listening after SIGTERM (rounded
+    up to whole seconds); what is left is then cancelled and the process exits 0. Keep drain + grace below the
+    orchestrator's kill timeout (Kubernetes: terminationGracePeriodSeconds)."""
+
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     """Accepted ``X-API-Key`` values (comma-separated or a JSON list); empty: no authentication."""
 

@@ -1,6 +1,13 @@
-"""``GET /health/live`` and ``GET /health/ready`` for orchestrators (never authenticated)."""
+"""``GET /health/live`` and ``GET /health/ready`` for orchestrators (never authenticated).
+
+Readiness is 503 while the models load and warm up, and again from the moment the server got SIGTERM
+(``app.state.draining``, set by :class:`service.server.GracefulServer`): a balancer then stops sending new
+requests while the replica finishes the ones it has. Liveness stays 200 until the process ends.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from fastapi import APIRouter, Request
 
@@ -10,6 +17,11 @@ from service.model_repository import ModelRepository
 from service.schemas import LivenessResponse, ModelReadiness, ReadinessResponse
 
 router = APIRouter(prefix="/health", tags=["health"])
+
+
+def is_draining(app: Any) -> bool:
+    """Whether the server is shutting down (SIGTERM received): every readiness route must then answer 503."""
+    return bool(getattr(app.state, "draining", False))
 
 
 @router.get("/live", summary="Liveness", operation_id="live", response_model=LivenessResponse)
@@ -27,6 +39,9 @@ async def live() -> LivenessResponse:
 )
 async def ready(request: Request) -> ReadinessResponse:
     """200 once every model is loaded and warmed; 503 until then (send no predictions before)."""
+    # and 503 again from SIGTERM on (this docstring is the route's description in the committed openapi.json)
+    if is_draining(request.app):
+        raise NotReadyError("The service is shutting down; send new requests to another replica.")
     repository: ModelRepository | None = getattr(request.app.state, "repository", None)
     if repository is None:
         raise NotReadyError("The model repository is still loading.")

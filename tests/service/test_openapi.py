@@ -49,7 +49,9 @@ def test_info_tags_and_disclaimer(schema: dict[str, Any]) -> None:
     info = schema["info"]
     assert info["title"] == "Brain-tumour MRI classification service"
     assert DISCLAIMER in info["description"] and info["version"]
-    assert [tag["name"] for tag in schema["tags"]] == ["prediction", "models", "health", "operations"]
+    assert [tag["name"] for tag in schema["tags"]] == [
+        "prediction", "models", "health", "operations", "hospital integration", "open inference protocol"
+    ]  # fmt: skip
     for path, operations in schema["paths"].items():
         for method, operation in operations.items():
             assert operation["tags"] and operation["summary"] and operation["description"], (path, method)
