@@ -261,5 +261,6 @@ def assert_json_log(log: Path) -> None:
         except ValueError:
             pytest.fail(f"line {number} of the service log is not JSON: {line[:200]!r}")
         assert isinstance(entry, dict) and {"time", "level", "logger", "message"} <= set(entry), line[:200]
-        if entry["logger"] == "service.access":
+        # (readiness answers 503 while the models load: that is its job, not a failure)
+        if entry["logger"] == "service.access" and not entry.get("route", "").endswith("/health/ready"):
             assert int(entry["status"]) < 500, f"a request was answered {entry['status']}: {line[:200]}"
