@@ -63,7 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--url", default="http://127.0.0.1:8000", help="the service (default: %(default)s)")
     load.add_argument("--images", type=Path, required=True, help="folder of images (searched recursively)")
     load.add_argument(
-        "--out", type=Path, default=Path("reports/load"), help="where load.json and load.png go"
+        "--out",
+        type=Path,
+        default=Path("runs/bench/load"),
+        help="where load.json and load.png go (default: %(default)s)",
     )
     load.add_argument(
         "--concurrency",
@@ -106,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", default="sartaj-4class", help="model entry to measure (default: %(default)s)"
     )
     bench.add_argument("--images", type=Path, required=True, help="folder of images (searched recursively)")
-    bench.add_argument("--out", type=Path, default=Path("reports/benchmark"), help="output folder")
+    bench.add_argument(
+        "--out", type=Path, default=Path("runs/bench/benchmark"), help="output folder (default: %(default)s)"
+    )
     bench.add_argument(
         "--image-limit", type=_bounded(1, 10_000), default=64, help="images read from --images"
     )
@@ -130,7 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     soak.add_argument("--pid", type=int, default=None, help="process id of the service at --url")
     soak.add_argument("--model", default=None, help="model to ask for (default: the service's default)")
     soak.add_argument("--images", type=Path, required=True, help="folder of images (searched recursively)")
-    soak.add_argument("--out", type=Path, default=Path("reports/soak"), help="where soak.json goes")
+    soak.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs/bench/soak"),
+        help="where soak.json goes (default: %(default)s)",
+    )
     soak.add_argument(
         "--requests", type=_bounded(1, 1_000_000), default=10_000, help="requests after warm-up"
     )
@@ -156,7 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     hostile.add_argument("--repository", type=Path, default=Path("models"), help="model repository to serve")
     hostile.add_argument("--data-root", type=Path, default=Path("../shared/datasets"),
                          help="folder with the real MRI data sets (a real slice is the control)")  # fmt: skip
-    hostile.add_argument("--out", type=Path, default=Path("reports/hostile"), help="where the report goes")
+    hostile.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs/bench/hostile"),
+        help="where the report goes (default: %(default)s)",
+    )
     hostile.add_argument("--repeats", type=_bounded(1, 100), default=3, help="sends per case")
     return parser
 

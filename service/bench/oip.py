@@ -186,7 +186,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=8, help="unmeasured requests per mode")
     parser.add_argument("--batch", type=int, default=8, help="images per request in oip-batch")
     parser.add_argument("--limit", type=int, default=64, help="images used (default: %(default)s)")
-    parser.add_argument("--out", type=Path, default=Path("reports/oip/oip.json"), help="default: %(default)s")
+    parser.add_argument(
+        "--out", type=Path, default=Path("runs/bench/oip/oip.json"), help="default: %(default)s"
+    )
     args = parser.parse_args(argv)
     modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
     if not modes or any(mode not in MODES for mode in modes):
