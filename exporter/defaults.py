@@ -12,7 +12,8 @@ DEFAULT_HEATMAPS: Final[dict[str, tuple[str, str]]] = {
     "efficientnet_lite0": ("layercam", "block6d_expand_activation"),
 }
 """Per backbone, the heat map an export records (method, Keras layer): the best pointing game measured by
-``python -m training localisation`` (README, "Heat maps"). Other backbones: Grad-CAM at the run's layer."""
+``python -m training localisation`` (docs/trust.md, "Heat maps"). Other backbones: Grad-CAM at the run's
+layer."""
 
 
 def parse_heatmap(text: str) -> tuple[str, str]:

@@ -12,7 +12,7 @@
 Why k-NN on blocks 5 and 6 of EfficientNet-Lite (the default for that backbone): measured on the bundled
 models against ``ood-a``, scikit-image photos and synthetic images, it refused more out-of-distribution images
 at <= 1 % of in-distribution test images than class-conditional Mahalanobis distance on any single layer, than
-k-NN on the penultimate features alone, and far more than the energy score (README, "Input validity").
+k-NN on the penultimate features alone, and far more than the energy score (docs/trust.md, "Input validity").
 """
 
 from __future__ import annotations
@@ -340,7 +340,7 @@ def render_trust_markdown(model_name: str, fit: TrustFit) -> str:
         f"{validity['validation']['refused']:.2%} of them "
         "lie above).",
         "",
-        'Measured refusals: `python -m training ood --model <entry>` (README, "Input validity").',
+        'Measured refusals: `python -m training ood --model <entry>` (docs/trust.md, "Input validity").',
         "",
     ]
     return "\n".join(lines)

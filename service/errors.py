@@ -10,39 +10,112 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from enum import StrEnum
+from typing import Any, ClassVar, Final
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.preprocessing import ImageError
+from service.preprocessing import (
+    ImageDecodeError,
+    ImageError,
+    ImageTooLargeError,
+    NotBrainMriImageError,
+    UnsupportedImageFormatError,
+)
 from service.request_context import REQUEST_ID_HEADER, request_context_of
 
 logger = logging.getLogger("service.errors")
 
 
-class ServiceError(Exception):
-    """Base class of every refusal the service answers; subclasses fix ``status_code`` and ``error_type``."""
+class ErrorType(StrEnum):
+    """The closed vocabulary of ``error_type``: every refusal the service answers is one of these, with the
+    status of :data:`ERROR_STATUS` (``openapi.json`` lists them as an enum)."""
 
-    status_code: ClassVar[int] = 500
-    error_type: ClassVar[str] = "internal_error"
+    INVALID_IMAGE = "invalid_image"
+    BAD_REQUEST = "bad_request"
+    UNAUTHORIZED = "unauthorized"
+    UNKNOWN_MODEL = "unknown_model"
+    NOT_FOUND = "not_found"
+    STUDY_NOT_FOUND = "study_not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    REQUEST_TIMEOUT = "request_timeout"
+    UPLOAD_TOO_LARGE = "upload_too_large"
+    IMAGE_TOO_LARGE = "image_too_large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    VALIDATION_ERROR = "validation_error"
+    NOT_BRAIN_MRI = "not_brain_mri"
+    OVERLOADED = "overloaded"
+    INTERNAL_ERROR = "internal_error"
+    PACS_ERROR = "pacs_error"
+    NOT_READY = "not_ready"
+    PACS_NOT_CONFIGURED = "pacs_not_configured"
+    PACS_TIMEOUT = "pacs_timeout"
+    HTTP_ERROR = "http_error"
+
+
+ERROR_STATUS: Final[Mapping[ErrorType, int]] = {
+    ErrorType.INVALID_IMAGE: 400,
+    ErrorType.BAD_REQUEST: 400,
+    ErrorType.UNAUTHORIZED: 401,
+    ErrorType.UNKNOWN_MODEL: 404,
+    ErrorType.NOT_FOUND: 404,
+    ErrorType.STUDY_NOT_FOUND: 404,
+    ErrorType.METHOD_NOT_ALLOWED: 405,
+    ErrorType.REQUEST_TIMEOUT: 408,
+    ErrorType.UPLOAD_TOO_LARGE: 413,
+    ErrorType.IMAGE_TOO_LARGE: 413,
+    ErrorType.UNSUPPORTED_MEDIA_TYPE: 415,
+    ErrorType.VALIDATION_ERROR: 422,
+    ErrorType.NOT_BRAIN_MRI: 422,
+    ErrorType.OVERLOADED: 429,  # (the connection cap answers it with 503 before any request is read)
+    ErrorType.INTERNAL_ERROR: 500,
+    ErrorType.PACS_ERROR: 502,
+    ErrorType.NOT_READY: 503,
+    ErrorType.PACS_NOT_CONFIGURED: 503,
+    ErrorType.PACS_TIMEOUT: 504,
+    ErrorType.HTTP_ERROR: 400,  # any other status Starlette raises keeps its own
+}
+"""The status each error type is answered with."""
+
+IMAGE_ERROR_TYPES: Final[Mapping[type[ImageError], ErrorType]] = {
+    ImageDecodeError: ErrorType.INVALID_IMAGE,
+    ImageTooLargeError: ErrorType.IMAGE_TOO_LARGE,
+    UnsupportedImageFormatError: ErrorType.UNSUPPORTED_MEDIA_TYPE,
+    NotBrainMriImageError: ErrorType.NOT_BRAIN_MRI,
+}
+"""The error type of each refusal of the image decoder (which knows nothing of HTTP)."""
+
+
+def image_error_type(error: ImageError) -> ErrorType:
+    """The error type of a decoder refusal (its nearest mapped class; a bare ImageError is invalid_image)."""
+    for kind in type(error).__mro__:
+        if kind in IMAGE_ERROR_TYPES:
+            return IMAGE_ERROR_TYPES[kind]
+    return ErrorType.INVALID_IMAGE
+
+
+class ServiceError(Exception):
+    """Base class of every refusal the service answers; subclasses fix ``error_type`` (its status follows
+    from :data:`ERROR_STATUS`)."""
+
+    error_type: ClassVar[ErrorType] = ErrorType.INTERNAL_ERROR
 
     def __init__(
         self,
         message: str,
         status_code: int | None = None,
-        error_type: str | None = None,
+        error_type: ErrorType | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
-        # instance attributes shadow the class defaults only when given (ImageError and HTTPException mapping)
-        if status_code is not None:
-            self.status_code = status_code  # type: ignore[misc]
+        # instance attributes shadow the class default only when given (ImageError and HTTPException mapping)
         if error_type is not None:
-            self.error_type = error_type  # type: ignore[misc]
+            self.error_type = ErrorType(error_type)  # type: ignore[misc]
+        self.status_code = ERROR_STATUS[self.error_type] if status_code is None else status_code
         self.headers = dict(headers or {})
 
     def to_body(self) -> dict[str, Any]:
@@ -53,36 +126,31 @@ class ServiceError(Exception):
 class UnauthorizedError(ServiceError):
     """HTTP 401 ``unauthorized``: API keys are configured and ``X-API-Key`` is not one of them."""
 
-    status_code = 401
-    error_type = "unauthorized"
+    error_type = ErrorType.UNAUTHORIZED
 
 
 class UnknownModelError(ServiceError):
     """HTTP 404 ``unknown_model``: the requested model is not in the repository."""
 
-    status_code = 404
-    error_type = "unknown_model"
+    error_type = ErrorType.UNKNOWN_MODEL
 
 
 class RouteNotFoundError(ServiceError):
     """HTTP 404 ``not_found``: no route at that path."""
 
-    status_code = 404
-    error_type = "not_found"
+    error_type = ErrorType.NOT_FOUND
 
 
 class UploadTooLargeError(ServiceError):
     """HTTP 413 ``upload_too_large``: the request body is over the byte limit (refused before it is read)."""
 
-    status_code = 413
-    error_type = "upload_too_large"
+    error_type = ErrorType.UPLOAD_TOO_LARGE
 
 
 class RequestTimeoutError(ServiceError):
     """HTTP 408 ``request_timeout``: the body did not arrive in time; the connection is closed after it."""
 
-    status_code = 408
-    error_type = "request_timeout"
+    error_type = ErrorType.REQUEST_TIMEOUT
 
     def __init__(self, message: str) -> None:
         super().__init__(message, headers={"Connection": "close"})
@@ -91,15 +159,13 @@ class RequestTimeoutError(ServiceError):
 class UnsupportedMediaTypeError(ServiceError):
     """HTTP 415 ``unsupported_media_type``: a body that is not multipart/form-data."""
 
-    status_code = 415
-    error_type = "unsupported_media_type"
+    error_type = ErrorType.UNSUPPORTED_MEDIA_TYPE
 
 
 class InvalidRequestError(ServiceError):
     """HTTP 422 ``validation_error``: a field or parameter is missing or invalid."""
 
-    status_code = 422
-    error_type = "validation_error"
+    error_type = ErrorType.VALIDATION_ERROR
 
 
 class NotBrainMriError(ServiceError):
@@ -109,8 +175,7 @@ class NotBrainMriError(ServiceError):
     attributes name another modality or body part (``in_distribution`` null).
     """
 
-    status_code = 422
-    error_type = "not_brain_mri"
+    error_type = ErrorType.NOT_BRAIN_MRI
 
     def __init__(self, message: str, in_distribution: Any = None) -> None:
         super().__init__(message)
@@ -143,37 +208,34 @@ class OverloadedError(ServiceError):
     """HTTP 429 ``overloaded``: every prediction slot stayed busy for the whole queue timeout (answered with
     ``Retry-After``)."""
 
-    status_code = 429
-    error_type = "overloaded"
+    error_type = ErrorType.OVERLOADED
 
 
 class InternalServiceError(ServiceError):
     """HTTP 500 ``internal_error``: an unexpected failure; the details are logged, never sent."""
 
-    status_code = 500
-    error_type = "internal_error"
+    error_type = ErrorType.INTERNAL_ERROR
 
 
 class NotReadyError(ServiceError):
     """HTTP 503 ``not_ready``: the models are still loading or warming up (answered with ``Retry-After``)."""
 
-    status_code = 503
-    error_type = "not_ready"
+    error_type = ErrorType.NOT_READY
 
     def __init__(self, message: str) -> None:
         super().__init__(message, headers={"Retry-After": RETRY_AFTER_S})
 
 
-_HTTP_ERROR_TYPES: Mapping[int, str] = {
-    400: "bad_request",
-    408: "request_timeout",
-    401: "unauthorized",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "upload_too_large",
-    415: "unsupported_media_type",
-    429: "overloaded",
-    503: "not_ready",
+_HTTP_ERROR_TYPES: Mapping[int, ErrorType] = {
+    400: ErrorType.BAD_REQUEST,
+    401: ErrorType.UNAUTHORIZED,
+    404: ErrorType.NOT_FOUND,
+    405: ErrorType.METHOD_NOT_ALLOWED,
+    408: ErrorType.REQUEST_TIMEOUT,
+    413: ErrorType.UPLOAD_TOO_LARGE,
+    415: ErrorType.UNSUPPORTED_MEDIA_TYPE,
+    429: ErrorType.OVERLOADED,
+    503: ErrorType.NOT_READY,
 }
 _LOCATIONS: Mapping[str, str] = {
     "query": "query parameter",
@@ -196,14 +258,31 @@ def client_text(value: object, limit: int = CLIENT_TEXT_LIMIT) -> str:
     return f"'{shown}'" + ("... (cut)" if cut else "")
 
 
+def error_type_of(error: Exception, default: ErrorType = ErrorType.INTERNAL_ERROR) -> ErrorType:
+    """The error type of a service refusal or a decoder refusal; ``default`` for anything else."""
+    if isinstance(error, ServiceError):
+        return error.error_type
+    if isinstance(error, ImageError):
+        return image_error_type(error)
+    return default
+
+
+def from_image_error(error: ImageError, message: str | None = None) -> ServiceError:
+    """The service's answer to a decoder refusal (``message`` replaces its sentence, e.g. to name a batch
+    element)."""
+    error_type = image_error_type(error)
+    text = error.message if message is None else message
+    if error_type is ErrorType.NOT_BRAIN_MRI:
+        return NotBrainMriError(text)
+    return ServiceError(text, error_type=error_type)
+
+
 def as_service_error(exc: Exception, request: Request) -> ServiceError:
     """The :class:`ServiceError` that answers ``exc``; anything unexpected becomes a generic 500."""
     if isinstance(exc, ServiceError):
         return exc
     if isinstance(exc, ImageError):
-        if exc.error_type == NotBrainMriError.error_type:
-            return NotBrainMriError(exc.message)
-        return ServiceError(exc.message, exc.status_code, exc.error_type)
+        return from_image_error(exc)
     if isinstance(exc, RequestValidationError):
         return _from_validation_error(exc, request)
     if isinstance(exc, StarletteHTTPException):
@@ -228,7 +307,7 @@ def _from_http_exception(exc: StarletteHTTPException, request: Request) -> Servi
     else:
         detail = str(exc.detail).rstrip(".")
         message = f"{detail}." if detail else "The request was refused."
-    return ServiceError(message, status, _HTTP_ERROR_TYPES.get(status, "http_error"), exc.headers)
+    return ServiceError(message, status, _HTTP_ERROR_TYPES.get(status, ErrorType.HTTP_ERROR), exc.headers)
 
 
 def _from_validation_error(exc: RequestValidationError, request: Request) -> ServiceError:

@@ -13,7 +13,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.auth import API_KEY_HEADER, check_api_key
-from service.errors import RequestTimeoutError, UploadTooLargeError
+from service.errors import ErrorType, RequestTimeoutError, UploadTooLargeError
 from service.logging import log_request
 from service.metrics import ServiceMetrics
 from service.request_context import (
@@ -58,7 +58,7 @@ class RequestObservationMiddleware:
             await self.app(scope, receive, send_with_request_id)
         except Exception:
             status = 500
-            context.error_type = context.error_type or "internal_error"
+            context.error_type = context.error_type or ErrorType.INTERNAL_ERROR
             raise
         finally:
             self.metrics.inflight_requests.dec()

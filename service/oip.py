@@ -57,6 +57,7 @@ import numpy.typing as npt
 from pydantic import ValidationError
 
 from service.errors import (
+    ErrorType,
     InvalidRequestError,
     NotBrainMriError,
     ServiceError,
@@ -64,6 +65,7 @@ from service.errors import (
     UnsupportedMediaTypeError,
     UploadTooLargeError,
     client_text,
+    from_image_error,
 )
 from service.inference import InputValidity, decode_upload
 from service.model_repository import ServedModel
@@ -210,14 +212,14 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
     try:
         inflated = inflater.decompress(body, limit + 1)
     except zlib.error:
-        raise ServiceError(f"The {name} request body is corrupt.", 400, "bad_request") from None
+        raise ServiceError(f"The {name} request body is corrupt.", error_type=ErrorType.BAD_REQUEST) from None
     if len(inflated) > limit:
         raise UploadTooLargeError(
             f"The request body inflates to more than the limit of {limit:,} bytes; send fewer or smaller "
             "images."
         )
     if not inflater.eof:
-        raise ServiceError(f"The {name} request body is truncated.", 400, "bad_request")
+        raise ServiceError(f"The {name} request body is truncated.", error_type=ErrorType.BAD_REQUEST)
     return inflated
 
 
@@ -235,8 +237,7 @@ def parse_infer_request(body: bytes, header_length: str | None, model: ServedMod
         raise ServiceError(
             f"The inference request is not valid JSON ({detail}); send the protocol's inference request "
             "object.",
-            400,
-            "bad_request",
+            error_type=ErrorType.BAD_REQUEST,
         ) from None
     try:
         request = InferenceRequest.model_validate(document)
@@ -254,8 +255,7 @@ def parse_infer_request(body: bytes, header_length: str | None, model: ServedMod
         raise ServiceError(
             f"The request carries {len(binary) - used:,} bytes of binary data that no input claims "
             "(binary_data_size).",
-            400,
-            "bad_request",
+            error_type=ErrorType.BAD_REQUEST,
         )
     batch = _read_input(tensor, data, model)
     binary_default = _flag((request.parameters or {}).get("binary_data_output", False), "binary_data_output")
@@ -273,8 +273,7 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
         raise ServiceError(
             f"The header {HEADER_LENGTH} ({client_text(header_length, 24)}) must be the length of the JSON "
             f"header at the start of the body ({len(body):,} bytes).",
-            400,
-            "bad_request",
+            error_type=ErrorType.BAD_REQUEST,
         )
     return body[:length], body[length:]
 
@@ -311,8 +310,7 @@ def _binary_data(tensor: RequestInput, binary: bytes, offset: int) -> tuple[byte
         raise ServiceError(
             f"The input {client_text(tensor.name)} declares {size:,} bytes of binary data, but only "
             f"{len(binary) - offset:,} follow the JSON header.",
-            400,
-            "bad_request",
+            error_type=ErrorType.BAD_REQUEST,
         )
     if tensor.data is not None:
         raise InvalidRequestError(f"The input {client_text(tensor.name)} has both data and binary_data_size.")
@@ -365,7 +363,8 @@ def _unpack_bytes(data: bytes) -> tuple[bytes, ...]:
     while offset < len(data):
         if offset + _LENGTH_PREFIX.size > len(data):
             raise ServiceError(
-                "The binary BYTES tensor is truncated in an element's length.", 400, "bad_request"
+                "The binary BYTES tensor is truncated in an element's length.",
+                error_type=ErrorType.BAD_REQUEST,
             )
         (length,) = _LENGTH_PREFIX.unpack_from(data, offset)
         offset += _LENGTH_PREFIX.size
@@ -373,8 +372,7 @@ def _unpack_bytes(data: bytes) -> tuple[bytes, ...]:
             raise ServiceError(
                 f"Element {len(elements)} of the binary BYTES tensor declares {length:,} bytes, but only "
                 f"{len(data) - offset:,} follow.",
-                400,
-                "bad_request",
+                error_type=ErrorType.BAD_REQUEST,
             )
         elements.append(data[offset : offset + length])
         offset += length
@@ -563,9 +561,7 @@ def run_batch(
 def _element_error(error: ImageError, index: int, count: int) -> ServiceError:
     """The decoder's refusal of one element, naming the element when the batch has several."""
     message = error.message if count == 1 else f"Element {index} of input '{BYTES_INPUT}': {error.message}"
-    if error.error_type == NotBrainMriError.error_type:
-        return NotBrainMriError(message)
-    return ServiceError(message, error.status_code, error.error_type)
+    return from_image_error(error, message)
 
 
 def refuse_invalid_inputs(model: ServedModel, result: BatchResult) -> None:

@@ -6,6 +6,8 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.errors import ErrorType
+
 DISCLAIMER: Final = (
     "Research use only: this output is not a medical diagnosis and must not be used for clinical decisions."
 )
@@ -19,12 +21,8 @@ class ErrorResponse(BaseModel):
         description="What went wrong, as a sentence a person understands.",
         examples=["The upload is not a recognised image. Send a JPEG, PNG, BMP or TIFF image."],
     )
-    error_type: str = Field(
-        description=(
-            "Machine-readable kind of error: invalid_image, unauthorized, unknown_model, not_found, "
-            "request_timeout, upload_too_large, image_too_large, unsupported_media_type, validation_error, "
-            "not_brain_mri, overloaded, not_ready, internal_error."
-        ),
+    error_type: ErrorType = Field(
+        description="Machine-readable kind of error, from a closed list (statuses: docs/service.md).",
         examples=["invalid_image"],
     )
 

@@ -127,7 +127,8 @@ class Settings(BaseSettings):
 
     oip_max_queue_delay_ms: float = Field(default=0.0, ge=0.0, le=1000.0)
     """Dynamic batching of ``/v2/models/{name}/infer``: how long concurrent requests are gathered into one
-    ONNX Runtime run; 0 (the default) is off. On this project's 2-core CPU it lowered throughput (README)."""
+    ONNX Runtime run; 0 (the default) is off. On this project's 2-core CPU it lowered throughput
+    (docs/operations.md)."""
 
     oip_max_batch_size: int = Field(default=8, ge=1, le=64)
     """Dynamic batching: the most images gathered into one run."""

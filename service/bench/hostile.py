@@ -6,7 +6,8 @@ name. Every case is sent to a fresh-enough ``python -m service`` (the one under 
 repository), its status checked against what it must get, ``/health/ready`` checked after it, and the
 service's peak resident memory (``VmHWM``) read: before each request the peak is reset to the current
 resident size (``/proc/PID/clear_refs``), so each figure is that request's own growth. The report
-gives the worst growth over the whole corpus, which README states beside the decode budget.
+gives the worst growth over the whole corpus, which docs/service.md ("Bounded memory") states beside the
+decode budget.
 """
 
 from __future__ import annotations

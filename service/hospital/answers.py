@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from service.api.predict import _gradcam_answer
+from service.errors import ErrorType, error_type_of
 from service.hospital.analysis import Analysis, SeriesResult, SliceResult
 from service.hospital.schemas import (
     SERIES_RULE,
@@ -81,7 +82,7 @@ def _slice(model: ServedModel, result: SliceResult) -> SliceAnswer:
     error = None
     if result.error is not None:
         message = getattr(result.error, "message", None) or "The slice could not be classified."
-        error = SliceError(error=message, error_type=getattr(result.error, "error_type", "invalid_image"))
+        error = SliceError(error=message, error_type=error_type_of(result.error, ErrorType.INVALID_IMAGE))
     probabilities = result.probabilities
     return SliceAnswer(
         instance=result.slice.instance,

@@ -24,7 +24,7 @@ import requests
 from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 
-from service.errors import InvalidRequestError, ServiceError, UploadTooLargeError
+from service.errors import ErrorType, InvalidRequestError, ServiceError, UploadTooLargeError
 from service.hospital.analysis import Analysis, analyze_parts
 from service.hospital.results import series_results
 from service.hospital.settings import HospitalSettings
@@ -47,29 +47,25 @@ T = TypeVar("T")
 class PacsError(ServiceError):
     """HTTP 502 ``pacs_error``: the PACS could not be reached or answered an error."""
 
-    status_code = 502
-    error_type = "pacs_error"
+    error_type = ErrorType.PACS_ERROR
 
 
 class PacsTimeoutError(ServiceError):
     """HTTP 504 ``pacs_timeout``: the PACS did not answer within the timeout."""
 
-    status_code = 504
-    error_type = "pacs_timeout"
+    error_type = ErrorType.PACS_TIMEOUT
 
 
 class StudyNotFoundError(ServiceError):
     """HTTP 404 ``study_not_found``: the PACS holds no MR series of that study."""
 
-    status_code = 404
-    error_type = "study_not_found"
+    error_type = ErrorType.STUDY_NOT_FOUND
 
 
 class PacsNotConfiguredError(ServiceError):
     """HTTP 503 ``pacs_not_configured``: no DICOMweb URL is configured (MRI_DICOMWEB_URL)."""
 
-    status_code = 503
-    error_type = "pacs_not_configured"
+    error_type = ErrorType.PACS_NOT_CONFIGURED
 
 
 @dataclass

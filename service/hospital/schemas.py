@@ -10,6 +10,7 @@ from typing import Final, Literal
 
 from pydantic import BaseModel, Field
 
+from service.errors import ErrorType
 from service.schemas import GradcamResponse, InDistribution, ModelReference
 
 SERIES_RULE: Final = (
@@ -28,9 +29,9 @@ class SliceError(BaseModel):
         description="What went wrong with this slice, as a sentence.",
         examples=["The DICOM file's Modality is computed tomography, not MR (magnetic resonance)."],
     )
-    error_type: str = Field(
-        description="Machine-readable kind: invalid_image, image_too_large, unsupported_image, "
-        "not_brain_mri.",
+    error_type: ErrorType = Field(
+        description="Machine-readable kind, from the service's closed list: invalid_image, image_too_large, "
+        "unsupported_media_type or not_brain_mri for a slice.",
         examples=["not_brain_mri"],
     )
 

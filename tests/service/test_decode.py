@@ -12,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from service.errors import from_image_error, image_error_type
 from service.preprocessing import (
     DEFAULT_MIN_SIDE,
     ImageDecodeError,
@@ -88,7 +89,7 @@ def _assert_sentence(error: ImageError) -> None:
     assert message == error.message
     assert re.fullmatch(r"[A-Z][^\n]{10,250}[.]", message), message
     assert "\\x" not in message and "b'" not in message
-    assert error.to_body() == {"error": message, "error_type": error.error_type}
+    assert from_image_error(error).to_body() == {"error": message, "error_type": image_error_type(error)}
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +226,8 @@ def test_forged_png_header_is_refused_before_decoding(monkeypatch: pytest.Monkey
     _forbid_imdecode(monkeypatch)
     with pytest.raises(ImageTooLargeError) as caught:
         decode_image(data)
-    assert caught.value.status_code == 413 and caught.value.error_type == "image_too_large"
+    answer = from_image_error(caught.value)
+    assert answer.status_code == 413 and answer.error_type == "image_too_large"
     assert "60000 x 60000" in caught.value.message
     _assert_sentence(caught.value)
 
@@ -292,16 +294,16 @@ def test_hostile_bytes_raise_typed_errors(data: bytes, error: type[ImageError]) 
     _assert_sentence(caught.value)
 
 
-def test_error_classes_carry_their_http_status() -> None:
-    assert (ImageDecodeError.status_code, ImageDecodeError.error_type) == (400, "invalid_image")
-    assert (ImageTooLargeError.status_code, ImageTooLargeError.error_type) == (413, "image_too_large")
-    assert (UnsupportedImageFormatError.status_code, UnsupportedImageFormatError.error_type) == (
-        415,
-        "unsupported_media_type",
-    )
-    assert all(
-        issubclass(c, ImageError) for c in (ImageDecodeError, ImageTooLargeError, UnsupportedImageFormatError)
-    )
+def test_error_classes_map_to_their_error_type_and_status() -> None:
+    # the decoder's refusals carry no HTTP: the service maps each class to one error type and its status
+    for kind, (status, error_type) in {
+        ImageDecodeError: (400, "invalid_image"),
+        ImageTooLargeError: (413, "image_too_large"),
+        UnsupportedImageFormatError: (415, "unsupported_media_type"),
+    }.items():
+        assert issubclass(kind, ImageError) and not hasattr(kind, "status_code")
+        answer = from_image_error(kind("A sentence."))
+        assert (answer.status_code, answer.error_type) == (status, error_type)
 
 
 @pytest.mark.realdata

@@ -30,6 +30,7 @@ from pydicom.uid import (
 
 import service.dicom
 from service.dicom import NO_PIXEL_DATA_MESSAGE, NOT_DICOM_MESSAGE, decode_dicom, is_dicom
+from service.errors import from_image_error
 from service.preprocessing import (
     ImageDecodeError,
     ImageTooLargeError,
@@ -154,8 +155,11 @@ def test_palette_colour_is_looked_up() -> None:
 def test_missing_pixel_data_is_a_typed_error_with_the_exact_sentence() -> None:
     with pytest.raises(ImageDecodeError) as caught:
         decode_dicom(_without_pixels(_dataset("MR_small.dcm")))
-    assert caught.value.to_body() == {"error": NO_PIXEL_DATA_MESSAGE, "error_type": "invalid_image"}
-    assert caught.value.status_code == 400
+    assert from_image_error(caught.value).to_body() == {
+        "error": NO_PIXEL_DATA_MESSAGE,
+        "error_type": "invalid_image",
+    }
+    assert from_image_error(caught.value).status_code == 400
     assert NO_PIXEL_DATA_MESSAGE == "The DICOM file holds no pixel data."
 
 
@@ -210,7 +214,7 @@ def test_too_many_pixels_refused_before_decoding(monkeypatch: pytest.MonkeyPatch
     dataset.Rows, dataset.Columns = 60000, 50000  # declared; the 8 KB of pixel data are never decoded
     with pytest.raises(ImageTooLargeError) as caught:
         decode_dicom(_encode(dataset))
-    assert caught.value.to_body() == {
+    assert from_image_error(caught.value).to_body() == {
         "error": "The DICOM image is 50000 x 60000 pixels (3,000,000,000 in all), "
         "more than the limit of 50,000,000 pixels.",
         "error_type": "image_too_large",
@@ -224,7 +228,7 @@ def test_too_small_and_multi_frame_refused() -> None:
         decode_dicom(_sample("MR_small.dcm"), min_side=65)
     with pytest.raises(UnsupportedImageFormatError) as caught:
         decode_dicom(_sample("SC_rgb_rle_2frame.dcm"))
-    assert caught.value.to_body() == {
+    assert from_image_error(caught.value).to_body() == {
         "error": "The DICOM file holds 2 frames; send a single slice (a file with one frame).",
         "error_type": "unsupported_media_type",
     }
@@ -249,7 +253,7 @@ def test_transfer_syntax_without_decoder_is_415_naming_it(monkeypatch: pytest.Mo
     monkeypatch.setattr(service.dicom, "get_decoder", get_decoder_without_plugins)
     with pytest.raises(UnsupportedImageFormatError) as caught:
         decode_dicom(_sample("MR_small_jpeg_ls_lossless.dcm"))
-    assert caught.value.to_body() == {
+    assert from_image_error(caught.value).to_body() == {
         "error": "DICOM files compressed as 'JPEG-LS Lossless Image Compression' cannot be decoded on this "
         "server. Send an uncompressed (Explicit VR Little Endian) DICOM file.",
         "error_type": "unsupported_media_type",

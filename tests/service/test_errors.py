@@ -263,3 +263,35 @@ def test_unexpected_failure_is_a_generic_logged_500(
     assert "secret" not in sentence and request_id in sentence
     logged = [r for r in caplog.records if r.name == "service.errors"]
     assert logged and logged[0].exc_info is not None and "secret detail" in str(logged[0].exc_info[1])
+
+
+def test_error_types_are_one_closed_list_with_one_status_each() -> None:
+    import json
+    import re
+    from pathlib import Path
+
+    import service.hospital.dicomweb  # noqa: F401  (its errors are subclasses too)
+    from service.errors import ERROR_STATUS, ErrorType, ServiceError
+
+    assert set(ERROR_STATUS) == set(ErrorType)
+    pending, seen = [ServiceError], []
+    while pending:
+        kind = pending.pop()
+        seen.append(kind)
+        pending += kind.__subclasses__()
+        assert kind.error_type in ErrorType, kind
+    assert len(seen) > 10
+    root = Path(__file__).resolve().parents[2]
+    # no error_type written as a bare string anywhere in the service
+    literals = set()
+    for path in (root / "service").rglob("*.py"):
+        literals |= set(
+            re.findall(r'error_type["\']?\s*[:=]\s*"([a-z_]+)"', path.read_text(encoding="utf-8"))
+        )
+    assert literals <= {member.value for member in ErrorType}, literals - {m.value for m in ErrorType}
+    # the contract lists exactly this vocabulary, and the service's page names every member
+    schema = json.loads((root / "openapi.json").read_text(encoding="utf-8"))
+    enum = schema["components"]["schemas"]["ErrorType"]["enum"]
+    assert sorted(enum) == sorted(member.value for member in ErrorType)
+    readme = (root / "docs" / "service.md").read_text(encoding="utf-8")
+    assert [m.value for m in ErrorType if f"`{m.value}`" not in readme] == []
