@@ -23,7 +23,7 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 
 ## serve: set up and serve the model repository (default models/) on http://127.0.0.1:8000
 # MALLOC_ARENA_MAX=2: glibc otherwise gives each worker thread its own heap arena and resident memory creeps up
-# (python -m service.bench soak measured both; see README)
+# (python -m bench soak measured both; see README)
 serve: $(VENV)/.serve-installed
 	MALLOC_ARENA_MAX=$${MALLOC_ARENA_MAX:-2} $(BIN)/python -m service
 
@@ -31,8 +31,8 @@ serve: $(VENV)/.serve-installed
 test: lint typecheck pytest
 
 lint: $(VENV)/.dev-installed
-	$(BIN)/ruff check service exporter training tests
-	$(BIN)/ruff format --check service exporter training tests
+	$(BIN)/ruff check service exporter training bench tests
+	$(BIN)/ruff format --check service exporter training bench tests
 
 typecheck: $(VENV)/.dev-installed
 	$(BIN)/mypy

@@ -12,7 +12,7 @@ the gathering gets the 429), and each request gets its own rows back. A request 
 The run belongs to a task of its own, not to any request: a client that goes away abandons its own answer,
 never the others'.
 
-What it buys, measured (``python -m service.bench.oip --modes oip-binary``, sartaj-4class, 64 test slices,
+What it buys, measured (``python -m bench.oip --modes oip-binary``, sartaj-4class, 64 test slices,
 the 2-core CPU development machine, MRI_MAX_CONCURRENCY=4): nothing on a CPU. ONNX Runtime alone answers
 batches of 2 to 16 at about 1.5 times the images per second of one at a time (165-173 against 113 img/s),
 but the service without batching already runs up to four single-image calls at once, which fill the cores

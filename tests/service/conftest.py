@@ -26,9 +26,9 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from bench.process import free_port, wait_for_ready_url
 from exporter.manifest import FORMAT, file_record, validate_manifest, write_manifest
 from service.app import create_app
-from service.bench.process import free_port, wait_for_ready_url
 from service.preprocessing import make_recipe
 from service.settings import Settings
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.bench.process import free_port, wait_for_ready_url
+from bench.process import free_port, wait_for_ready_url
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG = REPO_ROOT / "deploy" / "haproxy" / "haproxy.cfg"

@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import pytest
 
-from service.bench.process import free_port, wait_for_ready_url
+from bench.process import free_port, wait_for_ready_url
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SARTAJ_TESTING = Path("sartaj-brain-tumor-mri") / "Testing"

@@ -1,4 +1,4 @@
-"""The hostile corpus of ``python -m service.bench hostile``, through the HTTP API of the bundled models.
+"""The hostile corpus of ``python -m bench hostile``, through the HTTP API of the bundled models.
 
 Each case must get its status and a JSON error with a sentence, and the service must stay ready after it; the
 memory each case costs is measured by the benchmark (README, "Bounded memory"), not timed here.
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from bench.hostile import CASES, HostileCase
 from service.app import create_app
-from service.bench.hostile import CASES, HostileCase
 from service.settings import Settings
 
 MODELS = Path(__file__).resolve().parents[2] / "models"

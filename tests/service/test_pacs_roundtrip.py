@@ -29,8 +29,8 @@ from fastapi.testclient import TestClient
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
+from bench.process import free_port
 from service.app import create_app
-from service.bench.process import free_port
 from service.hospital.wrap import wrap_as_mr_series
 from service.settings import Settings
 

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from service.bench.process import free_port, wait_for_ready_url
+from bench.process import free_port, wait_for_ready_url
 
 SLICES = [
     "sartaj-brain-tumor-mri/Testing/glioma_tumor/image(1).jpg",

@@ -19,12 +19,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
-from service.bench.driver import LoadResult, PlannedRequest, drive_http
-from service.bench.errors import BenchError
-from service.bench.images import ImageFile, load_images
-from service.bench.load import check_loopback, machine
-from service.bench.process import ServiceProcess, mib, rss_bytes, running_service
-from service.bench.stats import LatencySummary, throughput
+from bench.driver import LoadResult, PlannedRequest, drive_http
+from bench.errors import BenchError
+from bench.images import ImageFile, load_images
+from bench.load import check_loopback, machine
+from bench.process import ServiceProcess, mib, rss_bytes, running_service
+from bench.stats import LatencySummary, throughput
 
 GROWTH_GOAL_PERCENT: Final = 5.0
 

@@ -1,4 +1,4 @@
-"""``python -m service.bench load|benchmark|soak|hostile``: measure the service (see each --help)."""
+"""``python -m bench load|benchmark|soak|hostile``: measure the service (see each --help)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from service.bench.errors import BenchError
+from bench.errors import BenchError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 T = TypeVar("T")
@@ -49,9 +49,9 @@ def _bounded(low: float, high: float, kind: type = int) -> Callable[[str], Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from service.bench.load import MAX_REQUESTS_PER_LEVEL, MAX_SECONDS_PER_LEVEL
+    from bench.load import MAX_REQUESTS_PER_LEVEL, MAX_SECONDS_PER_LEVEL
 
-    parser = argparse.ArgumentParser(prog="python -m service.bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     load = commands.add_parser(
@@ -188,24 +188,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     url = None if url is None else url.rstrip("/")
     try:
         if args.command == "load":
-            from service.bench.load import LoadConfig, run_load_test
+            from bench.load import LoadConfig, run_load_test
 
             report = run_load_test(_config(LoadConfig, args, url=url, models=tuple(args.models)))
             print(f"wrote {args.out / 'load.json'} and {args.out / 'load.png'}")
             return EXIT_OK if report["rows"] else EXIT_FAILED
         if args.command == "benchmark":
-            from service.bench.sidebyside import BenchmarkConfig, run_benchmark
+            from bench.sidebyside import BenchmarkConfig, run_benchmark
 
             run_benchmark(_config(BenchmarkConfig, args))
             print(f"wrote {args.out / 'benchmark.json'} and {args.out / 'benchmark.md'}")
             return EXIT_OK
         if args.command == "hostile":
-            from service.bench.hostile import run_hostile
+            from bench.hostile import run_hostile
 
             report = run_hostile(args.repository, args.data_root, args.out, args.repeats)
             print(f"wrote {args.out / 'hostile.json'} and {args.out / 'hostile.md'}")
             return EXIT_OK if report["all_ok"] and not report["non_json_log_lines"] else EXIT_FAILED
-        from service.bench.soak import SoakConfig, run_soak
+        from bench.soak import SoakConfig, run_soak
 
         repository = None if url else args.repository
         report = run_soak(_config(SoakConfig, args, url=url, repository=repository))

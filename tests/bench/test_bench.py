@@ -1,4 +1,4 @@
-"""The measuring tools (``python -m service.bench``) against real services and real images.
+"""The measuring tools (``python -m bench``) against real services and real images.
 
 The load script drives the live uvicorn fixture; the benchmark and the soak start their own service on the
 tiny test repository. Counts are small: these tests prove the tools measure and report what happened (every
@@ -15,15 +15,15 @@ import httpx
 import numpy as np
 import pytest
 
-from service.bench.__main__ import main
-from service.bench.driver import PlannedRequest, drive, drive_http
-from service.bench.errors import BenchError
-from service.bench.images import ImageFile, load_images
-from service.bench.load import check_loopback
-from service.bench.process import free_port
-from service.bench.sidebyside import GOALS, BenchmarkConfig, run_benchmark
-from service.bench.soak import SoakConfig, run_soak, soak_plan
-from service.bench.stats import LatencySummary
+from bench.__main__ import main
+from bench.driver import PlannedRequest, drive, drive_http
+from bench.errors import BenchError
+from bench.images import ImageFile, load_images
+from bench.load import check_loopback
+from bench.process import free_port
+from bench.sidebyside import GOALS, BenchmarkConfig, run_benchmark
+from bench.soak import SoakConfig, run_soak, soak_plan
+from bench.stats import LatencySummary
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TESTING = "sartaj-brain-tumor-mri/Testing"

@@ -1,4 +1,4 @@
-"""``python -m service.bench.oip``: the Open Inference Protocol's overhead against ``/predict``.
+"""``python -m bench.oip``: the Open Inference Protocol's overhead against ``/predict``.
 
 The same real images go to a service through ``POST /predict`` (multipart) and through
 ``POST /v2/models/{name}/infer`` as the protocol's clients send them: ``oip-binary`` is tritonclient's
@@ -6,7 +6,7 @@ default (the files as raw BYTES after the JSON header, the outputs in binary), `
 form (the files in base64, the outputs in JSON) and ``oip-batch`` ``--batch`` files in one request (one ONNX
 Runtime run; its throughput counts images). Each mode runs at each concurrency after a warm-up; the bodies
 are built before the clock starts and the client is urllib3 on threads (as in
-:func:`service.bench.driver.drive_http`), so that the figures are the server's. Prints a table and writes
+:func:`bench.driver.drive_http`), so that the figures are the server's. Prints a table and writes
 ``oip.json``. Without ``--url`` a service is started on ``--repository``.
 """
 
@@ -26,10 +26,10 @@ from typing import Any, Final
 
 import urllib3
 
-from service.bench.errors import BenchError
-from service.bench.images import ImageFile, load_images
-from service.bench.process import running_service
-from service.bench.stats import LatencySummary, throughput
+from bench.errors import BenchError
+from bench.images import ImageFile, load_images
+from bench.process import running_service
+from bench.stats import LatencySummary, throughput
 
 MODES: Final = ("predict", "oip-binary", "oip-json", "oip-batch")
 
@@ -175,7 +175,7 @@ def _line(row: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m service.bench.oip", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.oip", description=__doc__)
     parser.add_argument("--images", type=Path, required=True, help="folder of images (searched recursively)")
     parser.add_argument("--url", help="a running service; default: start one on --repository")
     parser.add_argument("--repository", type=Path, default=Path("models"), help="default: %(default)s")

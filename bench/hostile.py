@@ -1,4 +1,4 @@
-"""``python -m service.bench hostile``: a corpus of hostile uploads against a real service, with its memory.
+"""``python -m bench hostile``: a corpus of hostile uploads against a real service, with its memory.
 
 Each case is generated here (nothing is committed as a blob): decompression and frame bombs, forged and
 truncated codestreams, deep pixels, malformed DICOM attributes, a bare DICOM dataset, an oversized model
@@ -27,9 +27,9 @@ import cv2
 import httpx
 import numpy as np
 
-from service.bench.errors import BenchError
-from service.bench.load import machine
-from service.bench.process import mib, peak_rss_bytes, rss_bytes, running_service
+from bench.errors import BenchError
+from bench.load import machine
+from bench.process import mib, peak_rss_bytes, rss_bytes, running_service
 
 __all__ = ["CASES", "HostileCase", "run_hostile"]
 

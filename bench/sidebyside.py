@@ -33,14 +33,14 @@ import numpy as np
 import numpy.typing as npt
 import psutil
 
+from bench.driver import LoadResult, PlannedRequest, client_limits, drive, drive_http, http_floor
+from bench.errors import BenchError
+from bench.images import ImageFile, load_images
+from bench.load import machine
+from bench.process import mib, own_peak_rss_bytes, peak_rss_bytes, running_service
+from bench.stats import LatencySummary, throughput
 from exporter.errors import ManifestError
 from exporter.manifest import load_entry
-from service.bench.driver import LoadResult, PlannedRequest, client_limits, drive, drive_http, http_floor
-from service.bench.errors import BenchError
-from service.bench.images import ImageFile, load_images
-from service.bench.load import machine
-from service.bench.process import mib, own_peak_rss_bytes, peak_rss_bytes, running_service
-from service.bench.stats import LatencySummary, throughput
 from service.inference import decode_upload
 from service.model_repository import ServedModel
 from service.preprocessing import DEFAULT_MAX_PIXELS, apply_recipe_with_region

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from service.bench.errors import BenchError
+from bench.errors import BenchError
 
 READY_TIMEOUT_S = 300.0
 

@@ -22,8 +22,8 @@ from urllib.parse import urlencode
 import httpx
 import urllib3
 
-from service.bench.images import ImageFile
-from service.bench.stats import LatencySummary, throughput
+from bench.images import ImageFile
+from bench.stats import LatencySummary, throughput
 
 TIMEOUT_STATUS = "timeout"
 TRANSPORT_ERROR_STATUS = "connection_error"

@@ -21,10 +21,10 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from service.bench.driver import PlannedRequest, drive_http
-from service.bench.errors import BenchError
-from service.bench.images import ImageFile, load_images
-from service.bench.plot import plot_load
+from bench.driver import PlannedRequest, drive_http
+from bench.errors import BenchError
+from bench.images import ImageFile, load_images
+from bench.plot import plot_load
 
 MAX_REQUESTS_PER_LEVEL: Final = 100_000
 MAX_SECONDS_PER_LEVEL: Final = 3600.0
