@@ -28,6 +28,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
+import cv2
 import httpx
 import numpy as np
 import numpy.typing as npt
@@ -122,6 +123,7 @@ def run_benchmark(config: BenchmarkConfig) -> dict[str, Any]:
             max_seconds=config.max_seconds_per_level,
         )
         service["peak_rss_mib_with_gradcam"] = mib(peak_rss_bytes(process.pid))
+        service["series"] = _series_against_single(process.url, images, config.rounds)
     print("service over HTTP done", flush=True)
     service["in_process"] = asyncio.run(_in_process(config, images))
     print("service in process done", flush=True)
@@ -207,6 +209,45 @@ def _ood_pair(
             without.append(_timed(partial(session.run, outputs[:1], {input_name: x})))
             with_score.append(_timed(partial(session.run, outputs, {input_name: x})))
     return {"probabilities_only": _summarise(without), "with_ood_score": _summarise(with_score)}
+
+
+def _series_against_single(url: str, images: Sequence[ImageFile], rounds: int) -> dict[str, Any]:
+    """Per-slice cost of ``/predict/series`` (all the images as one DICOM MR series, batched server-side)
+    against ``/predict`` called once per slice with the same DICOM files, over HTTP, alternating by round."""
+    import io
+
+    from service.hospital.wrap import wrap_as_mr_series
+
+    greys: list[npt.NDArray[np.uint8]] = []
+    for image in images:
+        grey = cv2.imdecode(np.frombuffer(image.data, np.uint8), cv2.IMREAD_GRAYSCALE)
+        if grey is not None:
+            greys.append(np.asarray(grey, dtype=np.uint8))
+    files = []
+    for dataset in wrap_as_mr_series(greys):
+        buffer = io.BytesIO()
+        dataset.save_as(buffer, enforce_file_format=True)
+        files.append(buffer.getvalue())
+    series_s, single_s = [], []
+    with httpx.Client(base_url=url, timeout=300) as client:
+        parts = [("files", (f"{i}.dcm", data, "application/dicom")) for i, data in enumerate(files)]
+        client.post("/predict/series", files=parts)  # warm
+        for _ in range(rounds):
+            started = time.perf_counter()
+            answer = client.post("/predict/series", files=parts)
+            series_s.append((time.perf_counter() - started) / len(files))
+            if answer.status_code != 200:
+                raise BenchError(f"/predict/series answered {answer.status_code}: {answer.text[:200]}")
+            for data in files:
+                started = time.perf_counter()
+                client.post("/predict", files={"file": ("slice.dcm", data, "application/dicom")})
+                single_s.append(time.perf_counter() - started)
+    return {
+        "slices": len(files),
+        "rounds": rounds,
+        "series_ms_per_slice": round(1000.0 * float(np.median(series_s)), 3),
+        "single_ms_per_slice": round(1000.0 * float(np.median(single_s)), 3),
+    }
 
 
 def _summarise(seconds: Sequence[float]) -> dict[str, Any]:
@@ -499,6 +540,16 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"Input-validity score (`ood_score`), the same session asked with and without it, call by call: "
             f"p50 {pair['probabilities_only']['p50_ms']:.3f} ms -> {pair['with_ood_score']['p50_ms']:.3f} ms "
             f"({pair['with_ood_score']['count']} calls each).",
+            "",
+        ]
+    series = service.get("series")
+    if series is not None:
+        at = lines.index("| ratio | value | goal | met |") - 1
+        lines[at:at] = [
+            f"Series mode: {series['slices']} slices wrapped as one DICOM MR series, `/predict/series` "
+            f"{series['series_ms_per_slice']:.2f} ms per slice against `/predict` "
+            f"{series['single_ms_per_slice']:.2f} ms per slice on the same DICOM files "
+            f"(median over {series['rounds']} rounds, over HTTP).",
             "",
         ]
     for name in GOALS:

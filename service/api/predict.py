@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import base64
+import json
 import math
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Query, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Query, Request, Response, UploadFile
 
 from service.api.deps import InferenceDep, RepositoryDep, RequestContextDep, SettingsDep, require_api_key
 from service.api.responses import error_responses
@@ -23,6 +24,8 @@ from service.schemas import (
     PredictResponse,
     StageTimings,
 )
+
+FHIR_JSON = "application/fhir+json"
 
 router = APIRouter(tags=["prediction"], dependencies=[Depends(require_api_key)])
 
@@ -86,7 +89,20 @@ MinConfidenceQuery = Annotated[
     summary="Classify one brain MRI slice",
     operation_id="predict",
     response_model=PredictResponse,
-    responses=error_responses(400, 401, 404, 408, 413, 415, 422, 429, 500, 503),
+    responses={
+        200: {
+            "content": {
+                "application/fhir+json": {
+                    "schema": {
+                        "type": "object",
+                        "description": "With Accept: application/fhir+json: a FHIR R4 DiagnosticReport "
+                        "(status preliminary, no subject) of the slice.",
+                    }
+                }
+            }
+        },
+        **error_responses(400, 401, 404, 408, 413, 415, 422, 429, 500, 503),
+    },
 )
 async def predict(
     file: FileField,
@@ -95,12 +111,13 @@ async def predict(
     settings: SettingsDep,
     context: RequestContextDep,
     response: Response,
+    request: Request,
     model: ModelQuery = None,
     gradcam: GradcamQuery = None,
     gradcam_class: GradcamClassQuery = None,
     min_confidence: MinConfidenceQuery = None,
     gradcam_image: GradcamImageQuery = False,
-) -> PredictResponse:
+) -> PredictResponse | Response:
     """Decode the upload, preprocess it with the model's own recipe and classify it with ONNX Runtime.
 
     An upload that does not look like a brain MRI slice is refused with 422 not_brain_mri (no label);
@@ -136,7 +153,13 @@ async def predict(
     response.headers["Server-Timing"] = ", ".join(
         f"{stage};dur={ms:.1f}" for stage, ms in timings.model_dump().items() if ms is not None
     )
-    return _answer(outcome, context.request_id, timings, min_confidence)
+    answer = _answer(outcome, context.request_id, timings, min_confidence)
+    if FHIR_JSON in request.headers.get("accept", "").lower():
+        from service.hospital import fhir
+
+        report = fhir.report_of_prediction(answer)
+        return Response(json.dumps(report), media_type=FHIR_JSON, headers=dict(response.headers))
+    return answer
 
 
 def _gradcam_class_index(model: ServedModel, gradcam_class: str | None) -> int | None:

@@ -1,6 +1,7 @@
-"""The FHIR R4 DiagnosticReport of a series answer, for the record (``Accept: application/fhir+json``).
+"""The FHIR R4 DiagnosticReport of an answer, for the record (``Accept: application/fhir+json``).
 
-One DiagnosticReport per series (a ``Bundle`` of type ``collection`` of them when the request held several):
+``/predict`` gives one DiagnosticReport for its slice; ``/predict/series`` one per series (a ``Bundle`` of
+type ``collection`` of them when the request held several):
 status ``preliminary`` (an AI result nobody has verified), the finding as a coded ``conclusionCode`` in the
 service's own code system, one contained ``Observation`` per class probability, the model as a contained
 ``Device`` (name, version, ONNX sha256) that each Observation names, and the key slice's Grad-CAM overlay as
@@ -14,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from service.hospital.schemas import SeriesAnswer, SeriesPredictResponse
-from service.schemas import DISCLAIMER, ModelReference
+from service.schemas import DISCLAIMER, ModelReference, PredictResponse
 
 CLASS_SYSTEM: Final = "urn:brain-tumour-mri-inference:classes"
 PROBABILITY_SYSTEM: Final = "urn:brain-tumour-mri-inference:probabilities"
@@ -37,6 +38,15 @@ def report_of(answer: SeriesPredictResponse) -> dict[str, Any]:
     }
 
 
+def report_of_prediction(answer: PredictResponse) -> dict[str, Any]:
+    """The DiagnosticReport of one ``/predict`` answer (an ``uncertain`` answer has no conclusion code)."""
+    issued = datetime.now(UTC).isoformat(timespec="seconds")
+    png = None if answer.gradcam is None else answer.gradcam.png_base64
+    return _diagnostic_report(
+        answer.probabilities, answer.label, png, answer.model, issued, what="slice", title="slice"
+    )
+
+
 def _display(name: str) -> str:
     return name.replace("_", " ").capitalize()
 
@@ -54,6 +64,22 @@ def _device(model: ModelReference) -> dict[str, Any]:
 
 
 def _report(series: SeriesAnswer, model: ModelReference, issued: str) -> dict[str, Any]:
+    png = None if series.gradcam is None else series.gradcam.png_base64
+    return _diagnostic_report(
+        series.probabilities or {}, series.label, png, model, issued, what="series", title="key slice"
+    )
+
+
+def _diagnostic_report(
+    probabilities: dict[str, float],
+    label: str | None,
+    png_base64: str | None,
+    model: ModelReference,
+    issued: str,
+    *,
+    what: str,
+    title: str,
+) -> dict[str, Any]:
     observations = [
         {
             "resourceType": "Observation",
@@ -71,7 +97,7 @@ def _report(series: SeriesAnswer, model: ModelReference, issued: str) -> dict[st
             "valueQuantity": {"value": round(value, 6), "unit": "1", "system": UCUM, "code": "1"},
             "device": {"reference": "#model"},
         }
-        for index, (name, value) in enumerate((series.probabilities or {}).items())
+        for index, (name, value) in enumerate(probabilities.items())
     ]
     report: dict[str, Any] = {
         "resourceType": "DiagnosticReport",
@@ -79,24 +105,26 @@ def _report(series: SeriesAnswer, model: ModelReference, issued: str) -> dict[st
         "status": "preliminary",
         "code": {
             "coding": [{"system": LOINC, "code": "24590-2", "display": "MR Brain"}],
-            "text": "AI classification of a brain MRI series",
+            "text": f"AI classification of a brain MRI {what}",
         },
         "issued": issued,
         "result": [{"reference": f"#{observation['id']}"} for observation in observations],
     }
-    if series.label is not None:
-        report["conclusion"] = f"{_display(series.label)} (AI finding over the series). {DISCLAIMER}"
+    if label is not None:
+        report["conclusion"] = f"{_display(label)} (AI finding over the {what}). {DISCLAIMER}"
         report["conclusionCode"] = [
-            {"coding": [{"system": CLASS_SYSTEM, "code": series.label, "display": _display(series.label)}]}
+            {"coding": [{"system": CLASS_SYSTEM, "code": label, "display": _display(label)}]}
         ]
-    else:
+    elif what == "series":
         report["conclusion"] = f"No slice of the series could be classified. {DISCLAIMER}"
-    if series.gradcam is not None:
+    else:
+        report["conclusion"] = f"Uncertain: the model gives no label for this slice. {DISCLAIMER}"
+    if png_base64 is not None:
         report["presentedForm"] = [
             {
                 "contentType": "image/png",
-                "data": series.gradcam.png_base64,
-                "title": "Grad-CAM overlay of the key slice (research use only)",
+                "data": png_base64,
+                "title": f"Grad-CAM overlay of the {title} (research use only)",
             }
         ]
     return report

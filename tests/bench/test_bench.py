@@ -225,6 +225,8 @@ def test_side_by_side_benchmark_on_the_tiny_repository(
     assert ratios["service_c8_throughput_over_bare_ort_throughput"]["value"] == pytest.approx(
         http["c8"]["throughput_rps"] / paths["bare_ort"]["throughput_per_s"], abs=1e-3
     )
+    series = report["service"]["series"]  # the same images as one DICOM series, and one by one
+    assert series["slices"] == 8 and series["series_ms_per_slice"] > 0 and series["single_ms_per_slice"] > 0
     pair = paths["ood_pair"]  # the tiny entries carry a trust head too
     assert pair["probabilities_only"]["count"] == pair["with_ood_score"]["count"] == 8
     added = pair["with_ood_score"]["p50_ms"] - pair["probabilities_only"]["p50_ms"]

@@ -241,3 +241,38 @@ def test_fhir_diagnostic_report_on_request(series_client: Callable[..., TestClie
     parsed = Bundle.model_validate(bundle)
     assert parsed.type == "collection" and len(parsed.entry) == 2
     assert all(entry.resource.get_resource_type() == "DiagnosticReport" for entry in parsed.entry)
+
+
+def test_fhir_diagnostic_report_of_a_single_prediction(
+    series_client: Callable[..., TestClient], data_root: Path
+) -> None:
+    from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+
+    client = series_client()
+    data = (
+        data_root / "sartaj-brain-tumor-mri" / "Testing" / "meningioma_tumor" / "image(10).jpg"
+    ).read_bytes()
+    upload = {"file": ("slice.jpg", data, "image/jpeg")}
+    plain = client.post("/predict", files=upload).json()
+    response = client.post(
+        "/predict", params={"gradcam": "true"}, files=upload, headers={"Accept": "application/fhir+json"}
+    )
+    assert response.status_code == 200 and response.headers["content-type"] == "application/fhir+json"
+    report = DiagnosticReport.model_validate(response.json())
+    assert report.status == "preliminary" and report.subject is None
+    observations = {
+        item.code.coding[0].code: float(item.valueQuantity.value)
+        for item in report.contained or []
+        if item.get_resource_type() == "Observation"
+    }
+    assert observations == pytest.approx(plain["probabilities"], abs=1e-6)
+    assert report.conclusionCode[0].coding[0].code == plain["label"]
+    assert report.presentedForm[0].contentType == "image/png" and report.presentedForm[0].data
+    # an uncertain answer has no coded conclusion
+    unsure = client.post(
+        "/predict",
+        params={"min_confidence": 0.999},
+        files=upload,
+        headers={"Accept": "application/fhir+json"},
+    ).json()
+    assert "conclusionCode" not in unsure and unsure["conclusion"].startswith("Uncertain")
