@@ -13,10 +13,10 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from training.commands import compare, evaluate, localisation, ood, split, train
+from training.commands import compare, evaluate, localisation, mirrors, ood, split, train
 from training.errors import TrainingError
 
-COMMANDS: tuple[ModuleType, ...] = (split, train, evaluate, compare, ood, localisation)
+COMMANDS: tuple[ModuleType, ...] = (split, train, evaluate, compare, ood, localisation, mirrors)
 """Registered command modules, in the order ``--help`` lists them."""
 
 

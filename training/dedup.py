@@ -87,3 +87,58 @@ def group_near_duplicates(hashes: Sequence[int], radius: int = DEFAULT_RADIUS) -
             parent[max(ri, rj)] = min(ri, rj)
     ids: dict[int, int] = {}
     return [ids.setdefault(find(i), len(ids)) for i in range(len(hashes))]
+
+
+DIHEDRAL: tuple[str, ...] = ("identity", "flip-lr", "flip-ud", "rotate-180", "transpose", "rotate-90",
+                             "rotate-270", "anti-transpose")  # fmt: skip
+"""The 8 flips and quarter-turn rotations of a square (the dihedral group D4), in :func:`dihedral_images`'s
+order."""
+
+
+def dihedral_images(image: np.ndarray) -> list[np.ndarray]:
+    """The image under each of the 8 transforms of :data:`DIHEDRAL` (left-right mirrors, upside-down copies
+    and quarter turns, which public brain MRI collections hold of one another)."""
+    transposed = np.swapaxes(image, 0, 1)
+    return [
+        image,
+        image[:, ::-1],
+        image[::-1, :],
+        image[::-1, ::-1],
+        transposed,
+        transposed[:, ::-1],  # 90 degrees clockwise
+        transposed[::-1, :],  # 90 degrees anticlockwise
+        transposed[::-1, ::-1],
+    ]
+
+
+def dihedral_phashes(rgb: np.ndarray) -> tuple[int, ...]:
+    """:func:`phash_dct` of the image under each of the 8 transforms (index 0: the image itself)."""
+    return tuple(phash_dct(np.ascontiguousarray(variant)) for variant in dihedral_images(rgb))
+
+
+def group_near_duplicates_dihedral(
+    hash_sets: Sequence[Sequence[int]], radius: int = DEFAULT_RADIUS, block: int = 1024
+) -> list[int]:
+    """Like :func:`group_near_duplicates`, but two images are near when *some* flip or rotation of one is
+    within ``radius`` bits of the other (``hash_sets[i]`` from :func:`dihedral_phashes`)."""
+    base = np.asarray([hashes[0] for hashes in hash_sets], dtype=np.uint64)  # (n,)
+    parent = list(range(len(hash_sets)))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for transform in range(len(DIHEDRAL)):
+        variants = np.asarray([hashes[transform] for hashes in hash_sets], dtype=np.uint64)  # (n,)
+        for start in range(0, len(base), block):
+            dist = hamming_matrix(variants[start : start + block], base)  # (b, n): T(image i) against j
+            rows, cols = np.nonzero(dist <= radius)
+            for i, j in zip(rows + start, cols, strict=True):
+                if i != j:
+                    ri, rj = find(int(i)), find(int(j))
+                    if ri != rj:
+                        parent[max(ri, rj)] = min(ri, rj)
+    ids: dict[int, int] = {}
+    return [ids.setdefault(find(i), len(ids)) for i in range(len(hash_sets))]

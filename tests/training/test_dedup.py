@@ -108,3 +108,37 @@ def test_cache_serves_unchanged_files_and_rehashes_changed_ones(
     second = compute_hashes(files, [root], cache_dir=cache, workers=1)
     assert calls == [files[1].path]
     assert second[0] == first[0] and second[1] != first[1]
+
+
+@pytest.mark.realdata
+def test_flips_and_quarter_turns_of_a_real_slice_join_its_group(data_root: Path) -> None:
+    from service.preprocessing import decode_image
+    from training.dedup import DIHEDRAL, dihedral_images, dihedral_phashes, group_near_duplicates_dihedral
+
+    folder = data_root / "sartaj-brain-tumor-mri" / "Testing" / "glioma_tumor"
+    first, other = (decode_image(path.read_bytes()) for path in sorted(folder.glob("*.jpg"))[:2])
+    variants = dihedral_images(first)
+    assert len(variants) == len(DIHEDRAL) == 8
+    assert np.array_equal(variants[5], np.rot90(first, k=-1)) and np.array_equal(variants[6], np.rot90(first))
+    copies = [np.ascontiguousarray(variant) for variant in variants[1:]]
+    hash_sets = [dihedral_phashes(image) for image in (first, *copies, other)]
+    # the plain hash does not see a mirrored copy as a near-duplicate; the dihedral grouping does
+    plain = group_near_duplicates([hashes[0] for hashes in hash_sets])
+    assert len(set(plain[:8])) > 1
+    grouped = group_near_duplicates_dihedral(hash_sets)
+    assert grouped[:8] == [0] * 8 and grouped[8] == 1  # an unrelated slice stays apart
+
+
+@pytest.mark.realdata
+def test_the_mirrors_command_reports_every_image_of_a_split(tiny_split: Path, tmp_path: Path) -> None:
+    import json
+
+    from training.cli import main
+
+    assert main(["mirrors", "--split", str(tiny_split), "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "mirrors.json").read_text(encoding="utf-8"))
+    row = report["splits"][tiny_split.stem]
+    assert row["images"] == 40 and report["unreadable"] == 0
+    assert row["groups_with_flips"] <= row["groups_without_flips"] <= 40
+    assert row["groups_straddling_subsets"] <= row["groups_with_flips"]
+    assert "| split | images |" in (tmp_path / "mirrors.md").read_text(encoding="utf-8")
