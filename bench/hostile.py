@@ -30,6 +30,7 @@ import numpy as np
 from bench.errors import BenchError
 from bench.load import machine
 from bench.process import mib, peak_rss_bytes, rss_bytes, running_service
+from service.logging import is_json_object
 
 __all__ = ["CASES", "HostileCase", "run_hostile"]
 
@@ -321,7 +322,7 @@ def run_hostile(repository: Path, data_root: Path, out: Path, repeats: int = 3) 
             })  # fmt: skip
             print(f"{case.name}: {statuses} in {max(seconds):.2f} s, +{mib(max(growth))} MiB", flush=True)
         log = process.log.read_text(encoding="utf-8")
-    non_json = [line[:200] for line in log.splitlines() if not _is_json_object(line)]
+    non_json = [line[:200] for line in log.splitlines() if not is_json_object(line)]
     report = {
         "kind": "hostile corpus",
         "started_utc": started.isoformat(timespec="seconds"),
@@ -352,13 +353,6 @@ def _error_type(answer: httpx.Response) -> str | None:
     except ValueError:
         return None
     return value.get("error_type") if isinstance(value, dict) else None
-
-
-def _is_json_object(line: str) -> bool:
-    try:
-        return isinstance(json.loads(line), dict)
-    except ValueError:
-        return False
 
 
 def render_markdown(report: dict[str, Any]) -> str:

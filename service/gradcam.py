@@ -39,6 +39,7 @@ __all__ = [
     "build_grad_model",
     "check_method",
     "make_gradcam_heatmap",
+    "normalise_cam",
     "require_tensorflow_backend",
 ]
 
@@ -131,7 +132,7 @@ def make_gradcam_heatmap(
     cam, index, probabilities = gradcam_tensors(
         tf.convert_to_tensor(x, dtype=tf.float32), grad_model, _index_tensor(class_index, classes), method
     )
-    return _normalise(cam.numpy()), int(index), np.asarray(probabilities, dtype=np.float32)
+    return normalise_cam(cam.numpy()), int(index), np.asarray(probabilities, dtype=np.float32)
 
 
 def gradcam_tensors(
@@ -186,7 +187,7 @@ def _index_tensor(class_index: int | None, classes: int) -> tf.Tensor:
     return tf.constant(class_index, dtype=tf.int32)
 
 
-def _normalise(cam: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+def normalise_cam(cam: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     """(h', w') >= 0 -> (h', w') in [0, 1] by its peak; a map without a positive finite peak is all zeros."""
     cam = np.nan_to_num(cam.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     peak = float(cam.max()) if cam.size else 0.0
@@ -295,4 +296,6 @@ class GradcamEngine:
         index = _index_tensor(class_index, self._classes)
         with self._compute_lock:
             cam, explained, probabilities = self._graph(tf.convert_to_tensor(x, dtype=tf.float32), index)
-        return GradcamResult(_normalise(cam.numpy()), int(explained), np.asarray(probabilities, np.float32))
+        return GradcamResult(
+            normalise_cam(cam.numpy()), int(explained), np.asarray(probabilities, np.float32)
+        )

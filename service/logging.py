@@ -121,14 +121,15 @@ def native_stderr_to_log(source: str) -> Iterator[None]:
         for text in captured.splitlines():
             if not text.strip():
                 continue
-            if _is_json_object(text):
+            if is_json_object(text):
                 sys.stderr.write(text + "\n")
             else:
                 native.info("%s", text.strip()[:500])
         sys.stderr.flush()
 
 
-def _is_json_object(text: str) -> bool:
+def is_json_object(text: str) -> bool:
+    """Whether a log line is one JSON object."""
     try:
         value: Any = json.loads(text)
     except ValueError:

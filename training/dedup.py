@@ -73,7 +73,13 @@ def group_near_duplicates(hashes: Sequence[int], radius: int = DEFAULT_RADIUS) -
 
     Ids are numbered in order of each group's first member, so they depend only on the input order.
     """
-    parent = list(range(len(hashes)))
+    return _components(len(hashes), [near_pairs(hashes, radius)])
+
+
+def _components(count: int, edges: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[int]:
+    """Union-find over ``count`` nodes joined by the index pairs of ``edges``: a group id per node, numbered
+    in order of each group's first member."""
+    parent = list(range(count))
 
     def find(x: int) -> int:
         while parent[x] != x:
@@ -81,12 +87,13 @@ def group_near_duplicates(hashes: Sequence[int], radius: int = DEFAULT_RADIUS) -
             x = parent[x]
         return x
 
-    for i, j in zip(*near_pairs(hashes, radius), strict=True):
-        ri, rj = find(int(i)), find(int(j))
-        if ri != rj:
-            parent[max(ri, rj)] = min(ri, rj)
+    for firsts, seconds in edges:
+        for i, j in zip(firsts, seconds, strict=True):
+            ri, rj = find(int(i)), find(int(j))
+            if ri != rj:
+                parent[max(ri, rj)] = min(ri, rj)
     ids: dict[int, int] = {}
-    return [ids.setdefault(find(i), len(ids)) for i in range(len(hashes))]
+    return [ids.setdefault(find(i), len(ids)) for i in range(count)]
 
 
 DIHEDRAL: tuple[str, ...] = ("identity", "flip-lr", "flip-ud", "rotate-180", "transpose", "rotate-90",
@@ -122,23 +129,11 @@ def group_near_duplicates_dihedral(
     """Like :func:`group_near_duplicates`, but two images are near when *some* flip or rotation of one is
     within ``radius`` bits of the other (``hash_sets[i]`` from :func:`dihedral_phashes`)."""
     base = np.asarray([hashes[0] for hashes in hash_sets], dtype=np.uint64)  # (n,)
-    parent = list(range(len(hash_sets)))
-
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
+    edges = []
     for transform in range(len(DIHEDRAL)):
         variants = np.asarray([hashes[transform] for hashes in hash_sets], dtype=np.uint64)  # (n,)
         for start in range(0, len(base), block):
             dist = hamming_matrix(variants[start : start + block], base)  # (b, n): T(image i) against j
             rows, cols = np.nonzero(dist <= radius)
-            for i, j in zip(rows + start, cols, strict=True):
-                if i != j:
-                    ri, rj = find(int(i)), find(int(j))
-                    if ri != rj:
-                        parent[max(ri, rj)] = min(ri, rj)
-    ids: dict[int, int] = {}
-    return [ids.setdefault(find(i), len(ids)) for i in range(len(hash_sets))]
+            edges.append((rows + start, cols))  # (an image and itself join nothing)
+    return _components(len(hash_sets), edges)

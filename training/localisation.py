@@ -126,7 +126,7 @@ class TwinExplainer:
         import keras
         import tensorflow as tf
 
-        from service.gradcam import GradcamError, build_grad_model, gradcam_tensors
+        from service.gradcam import GradcamError, build_grad_model, gradcam_tensors, normalise_cam
 
         try:
             self.manifest: dict[str, Any] = json.loads((entry / "manifest.json").read_text(encoding="utf-8"))
@@ -150,6 +150,7 @@ class TwinExplainer:
                 input_signature=signature,
             )
         self._tf = tf
+        self._normalise = normalise_cam  # the service's own scaling of a map to [0, 1]
 
     def explain(
         self, x: npt.NDArray[np.float32], variant: Variant, class_index: int | None
@@ -158,9 +159,7 @@ class TwinExplainer:
         tf = self._tf
         index = tf.constant(-1 if class_index is None else class_index, dtype=tf.int32)
         cam, explained, _ = self._graphs[variant](tf.convert_to_tensor(x[np.newaxis], tf.float32), index)
-        cam = np.nan_to_num(cam.numpy().astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-        peak = float(cam.max(initial=0.0))
-        return (cam / peak if peak > 0.0 else np.zeros_like(cam)), int(explained)
+        return self._normalise(cam.numpy()), int(explained)
 
     def model_class(self, label: str) -> int | None:
         """The model's class index for a set's class name (a binary model: tumour or not), or None."""

@@ -6,25 +6,21 @@ from dataclasses import dataclass
 
 from service.settings import Settings
 
-DEFAULT_SERIES_MAX_INSTANCES = 1000
-DEFAULT_SERIES_MAX_BYTES = 512 * 2**20
-DEFAULT_SERIES_BATCH_SIZE = 16
-DEFAULT_SERIES_MIN_TUMOUR_SLICES = 2
-DEFAULT_DICOMWEB_TIMEOUT_S = 30.0
+_FIELDS = Settings.model_fields  # the defaults live in one place: the service's settings
 
 
 @dataclass(frozen=True)
 class HospitalSettings:
-    """Series bounds and rule, and the PACS the DICOMweb endpoint talks to."""
+    """Series bounds and rule, and the PACS the DICOMweb endpoint talks to (defaults: the settings')."""
 
-    max_instances: int = DEFAULT_SERIES_MAX_INSTANCES
-    max_bytes: int = DEFAULT_SERIES_MAX_BYTES
-    batch_size: int = DEFAULT_SERIES_BATCH_SIZE
-    min_tumour_slices: int = DEFAULT_SERIES_MIN_TUMOUR_SLICES
+    max_instances: int = _FIELDS["series_max_instances"].default
+    max_bytes: int = _FIELDS["series_max_bytes"].default
+    batch_size: int = _FIELDS["series_batch_size"].default
+    min_tumour_slices: int = _FIELDS["series_min_tumour_slices"].default
     dicomweb_url: str | None = None
     dicomweb_auth_header: str | None = None
     dicomweb_ca_bundle: str | None = None
-    dicomweb_timeout_s: float = DEFAULT_DICOMWEB_TIMEOUT_S
+    dicomweb_timeout_s: float = _FIELDS["dicomweb_timeout_s"].default
 
 
 def hospital_settings(settings: Settings) -> HospitalSettings:

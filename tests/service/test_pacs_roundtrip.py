@@ -18,7 +18,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import cv2
 import pydicom
@@ -30,9 +29,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
 from bench.process import free_port
-from service.app import create_app
 from service.hospital.wrap import wrap_as_mr_series
-from service.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PLUGIN_PLACES = ("/usr/share/orthanc/plugins", "/usr/lib/orthanc")
@@ -117,23 +114,9 @@ def study(orthanc: str, data_root: Path) -> tuple[str, list[Dataset]]:
 
 
 @pytest.fixture
-def pacs_client(model_repository: Path) -> Iterator[Callable[..., TestClient]]:
-    clients: list[TestClient] = []
-
-    def factory(**overrides: Any) -> TestClient:
-        settings = Settings.model_validate({"model_repository": model_repository, **overrides})
-        client = TestClient(create_app(settings))
-        client.__enter__()
-        clients.append(client)
-        deadline = time.monotonic() + 60
-        while client.get("/health/ready").status_code != 200:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        return client
-
-    yield factory
-    for client in clients:
-        client.__exit__(None, None, None)
+def pacs_client(make_client: Callable[..., TestClient]) -> Callable[..., TestClient]:
+    """Ready clients on the tiny repository (the service tests' ``make_client``)."""
+    return make_client
 
 
 def results_in(orthanc: str, study_uid: str, modality: str) -> list[Dataset]:

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import io
 import random
-import time
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +20,9 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import EnhancedMRImageStorage, generate_uid
 
-from service.app import create_app
 from service.hospital.analysis import SliceResult, aggregate
 from service.hospital.instances import SeriesGroup, Slice
 from service.hospital.wrap import wrap_as_mr_series
-from service.settings import Settings
 
 
 def dicom_bytes(dataset: Dataset) -> bytes:
@@ -40,23 +37,9 @@ def real_slices(data_root: Path, folder: str, count: int) -> list[np.ndarray]:
 
 
 @pytest.fixture
-def series_client(model_repository: Path) -> Iterator[Callable[..., TestClient]]:
-    clients: list[TestClient] = []
-
-    def factory(**overrides: Any) -> TestClient:
-        settings = Settings.model_validate({"model_repository": model_repository, **overrides})
-        client = TestClient(create_app(settings))
-        client.__enter__()
-        clients.append(client)
-        deadline = time.monotonic() + 60
-        while client.get("/health/ready").status_code != 200:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        return client
-
-    yield factory
-    for client in clients:
-        client.__exit__(None, None, None)
+def series_client(make_client: Callable[..., TestClient]) -> Callable[..., TestClient]:
+    """Ready clients on the tiny repository (the service tests' ``make_client``)."""
+    return make_client
 
 
 def files(*parts: bytes) -> list[tuple[str, tuple[str, bytes, str]]]:

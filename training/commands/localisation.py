@@ -9,6 +9,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from training.commands import write_report
+
 NAME = "localisation"
 
 
@@ -63,9 +65,5 @@ def run(args: argparse.Namespace) -> int:
     )
     markdown = render_markdown(summary, command)
     print(markdown)
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        report = json.dumps({**summary, "command": command}, indent=2)
-        (args.out / "localisation.json").write_text(report + "\n", encoding="utf-8")
-        (args.out / "localisation.md").write_text(markdown, encoding="utf-8")
+    write_report(args.out, "localisation", summary, markdown, command)
     return 0

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 from pathlib import Path
+
+from training.commands import write_report
 
 NAME = "mirrors"
 DEFAULT_SPLITS = (Path("splits/sartaj-4class.json"), Path("splits/br35h-binary.json"))
@@ -39,9 +40,5 @@ def run(args: argparse.Namespace) -> int:
     summary = measure_splits(args.split or list(DEFAULT_SPLITS), args.radius, say=print)
     markdown = render_markdown(summary, command)
     print(markdown)
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        report = json.dumps({**summary, "command": command}, indent=2)
-        (args.out / "mirrors.json").write_text(report + "\n", encoding="utf-8")
-        (args.out / "mirrors.md").write_text(markdown, encoding="utf-8")
+    write_report(args.out, "mirrors", summary, markdown, command)
     return 0

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 from pathlib import Path
+
+from training.commands import write_report
 
 NAME = "ood"
 DEFAULT_SPLITS = (Path("splits/sartaj-4class.json"), Path("splits/br35h-binary.json"))
@@ -54,8 +55,5 @@ def run(args: argparse.Namespace) -> int:
     summary = summarise(groups, scorer.threshold)
     markdown = render_markdown(str(scorer.manifest.get("name", args.model.name)), summary, command)
     print(markdown)
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "ood.json").write_text(json.dumps({**summary, "command": command}, indent=2) + "\n")
-        (args.out / "ood.md").write_text(markdown, encoding="utf-8")
+    write_report(args.out, "ood", summary, markdown, command)
     return 0
